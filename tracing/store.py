@@ -1,0 +1,550 @@
+"""The HDF5 store: activations per sample, their layouts, and analysis results.
+
+One file per run. Layout (schema 1)::
+
+    attrs   chronolens_version, kind ("cache" | "results"), model,
+            model_fingerprint, dataset, config (JSON, sorted keys), created
+            (ISO time), schema, hooks (JSON {name: [max_shape, dtype]}, or
+            null until the first sample defines them), float16, max_json_bytes
+    /samples/id, task, label, answer, meta   [n]  written once, at creation
+    /samples/complete                         [n]  bool, the completion record
+    /samples/run_meta                         [n]  JSON given by write_sample
+    /layout                                   [n]  JSON TokenLayout spans
+    /acts/<hook>        [n, *max_shape]  one sample per chunk
+    /acts_shape/<hook>  [n, ndim]        each sample's true shape
+    /results/<name>                      analysis outputs, attrs as JSON
+
+Why kill -9 cannot break a file: its whole structure (every group, dataset,
+attribute, and all chunks, allocated early) is built in ``<file>.partial``
+and moved into place with one atomic ``os.replace``. After that, writing a
+sample only overwrites bytes inside storage that already exists -- the HDF5
+metadata never changes while samples are written (tests/test_store.py checks
+this byte by byte), so whatever moment a kill hits, the file opens. Variable
+lengths (positions="all": token counts differ per sample) therefore use a
+fixed maximum shape per hook plus the ``/acts_shape`` record; the reader trims
+the padding. JSON fields are fixed-length for the same reason
+(``max_json_bytes``). A sample's arrays are flushed before its ``complete``
+flag is set and flushed again, so a flag never points at a half-written
+sample; a resumed run rewrites every sample not flagged.
+
+Readers open the file read-only without HDF5 file locking, once per call, so a
+notebook can read while a run writes and always sees the flags as of now. SWMR
+is not used: an SWMR writer killed by -9 leaves a file that can no longer be
+opened for writing without ``h5clear``.
+
+Writing results into an activation cache (``CacheWriter.write_result``)
+changes metadata in place and is not kill-safe; ``ResultsFile`` rewrites its
+(small) file through a copy and an atomic replace, and is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+SCHEMA = 1
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("chronolens")
+    except Exception:  # not installed (a source checkout): still write a file
+        return "unknown"
+
+
+class StoreError(Exception):
+    """A file that is not what the store expects (not HDF5, not chronolens, busy)."""
+
+
+class CacheMismatchError(StoreError):
+    """An existing file was written by another model or configuration."""
+
+
+@dataclass
+class SampleMeta:
+    """One sample of a run: its id, task, gold label, answer and free metadata."""
+    id: str
+    task: str
+    label: int
+    answer: int
+    meta: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- JSON helpers
+
+def _plain(x):
+    """json.dumps fallback: numpy scalars/arrays, paths, tuples -> JSON types."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"cannot store {type(x).__name__} {x!r} as JSON")
+
+
+def _dumps(x) -> str:
+    return json.dumps(x, sort_keys=True, default=_plain)
+
+
+def _norm(x):
+    """The value as it reads back from the file (tuples become lists, ...)."""
+    return json.loads(_dumps(x))
+
+
+def _flat(d, prefix):
+    """{'a': {'b': 1}} -> {'prefix.a.b': 1}, so a mismatch names the leaf key."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}"))
+    return out if out else {prefix: d}
+
+
+# ---------------------------------------------------------------- identity
+
+def _identity(kind, model, fingerprint, dataset, config, samples, hooks=None, float16=False):
+    """What must agree between a file and a run that wants to resume it."""
+    ident = {
+        "kind": kind, "model": str(model), "model_fingerprint": str(fingerprint),
+        "dataset": str(dataset), "config": _norm(config), "schema": SCHEMA,
+        "samples": [_norm({"id": s.id, "task": s.task, "label": int(s.label),
+                           "answer": int(s.answer), "meta": s.meta}) for s in samples],
+    }
+    if kind == "cache":
+        ident["float16"] = bool(float16)
+        ident["hooks"] = None if hooks is None else _hook_spec(hooks, float16)
+    return ident
+
+
+def _hook_spec(hooks, float16):
+    """{name: (max_shape, dtype)} -> {name: [max_shape list, stored dtype name]}."""
+    spec = {}
+    for name, (shape, dtype) in hooks.items():
+        if not name or "/" in name:
+            raise ValueError(f"hook name {name!r}: must be non-empty and contain no '/'")
+        dt = np.dtype(dtype)
+        if float16 and dt.kind == "f":
+            dt = np.dtype("float16")
+        spec[name] = [[int(d) for d in shape], dt.name]
+    return spec
+
+
+def _open_h5(path, mode="r"):
+    """h5py.File with errors that name the path. Readers skip file locking so
+    that they can read while a writer (which does lock) has the file open."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not h5py.is_hdf5(path):
+        raise StoreError(f"{path}: not an HDF5 file")
+    try:
+        if mode == "r":
+            return h5py.File(path, "r", locking=False)
+        return h5py.File(path, mode)
+    except OSError as e:
+        if "lock" in str(e):
+            raise StoreError(f"{path}: open for writing by another process "
+                             "(a run still going?); wait for it or use another --out") from e
+        raise StoreError(f"{path}: cannot open: {e}") from e
+
+
+def _read_identity(f, path):
+    a = f.attrs
+    if "schema" not in a or "kind" not in a:
+        raise StoreError(f"{path}: an HDF5 file but not a chronolens file "
+                         "(no schema/kind attributes); choose another --out")
+    s = f["samples"]
+    ids, tasks = s["id"].asstr()[()], s["task"].asstr()[()]
+    metas = s["meta"].asstr()[()]
+    ident = {
+        "kind": str(a["kind"]), "model": str(a["model"]),
+        "model_fingerprint": str(a["model_fingerprint"]), "dataset": str(a["dataset"]),
+        "config": json.loads(a["config"]), "schema": int(a["schema"]),
+        "samples": [{"id": str(i), "task": str(t), "label": int(lb), "answer": int(an),
+                     "meta": json.loads(m)}
+                    for i, t, lb, an, m in zip(ids, tasks, s["label"][()], s["answer"][()], metas)],
+    }
+    if ident["kind"] == "cache":
+        ident["float16"] = bool(a["float16"])
+        ident["hooks"] = json.loads(a["hooks"])
+    return ident
+
+
+def _differences(old, new):
+    """Lines 'key: <file value> (in file) vs <run value> (this run)'."""
+    lines = []
+    for key in new:
+        o, n = old.get(key), new[key]
+        if key == "hooks" and (o is None or n is None):
+            continue  # not yet defined on one side: the other side defines them
+        if key == "config":
+            fo, fn = _flat(o, "config"), _flat(n, "config")
+            lines += [f"{k}: {fo.get(k, '<absent>')!r} (in file) vs {fn.get(k, '<absent>')!r} (this run)"
+                      for k in sorted(set(fo) | set(fn)) if fo.get(k, "<absent>") != fn.get(k, "<absent>")]
+        elif key == "samples" and o != n:
+            if len(o) != len(n):
+                lines.append(f"samples: {len(o)} (in file) vs {len(n)} (this run)")
+            else:
+                i = next(i for i in range(len(o)) if o[i] != n[i])
+                lines.append(f"samples[{i}]: {o[i]!r} (in file) vs {n[i]!r} (this run)")
+        elif o != n:
+            lines.append(f"{key}: {o!r} (in file) vs {n!r} (this run)")
+    return lines
+
+
+def _check_existing(path, ident):
+    """Raise CacheMismatchError if the file at path belongs to another run.
+    Returns the file's identity. Reads only; the file is not touched."""
+    with _open_h5(path) as f:
+        old = _read_identity(f, path)
+    diff = _differences(old, ident)
+    if diff:
+        raise CacheMismatchError(
+            f"{path} was written by a different run; refusing to append to it:\n  "
+            + "\n  ".join(diff)
+            + "\nChoose another --out, or delete the file to start over.")
+    return old
+
+
+# ---------------------------------------------------------------- creation
+
+def _early(**kw):
+    """Dataset creation kwargs that allocate all storage now, so later writes
+    only overwrite bytes in place (no metadata change, hence kill-safe)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dict(dcpl=dcpl, fill_time="never", **kw)
+
+
+def _create(path, ident, created, max_json_bytes=0):
+    """Build the whole file in <path>.partial, then move it into place atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    n = len(ident["samples"])
+    samples = ident["samples"]
+    # libver="earliest": superblock v0 has no "open for write" flag, which a
+    # kill would leave set (and which then blocks reopening without h5clear).
+    with h5py.File(tmp, "w", libver="earliest") as f:
+        a = f.attrs
+        a["chronolens_version"] = _version()
+        for k in ("kind", "model", "model_fingerprint", "dataset"):
+            a[k] = ident[k]
+        a["config"] = _dumps(ident["config"])
+        a["created"] = created
+        a["schema"] = SCHEMA
+        s = f.create_group("samples")
+        st = h5py.string_dtype()
+        s.create_dataset("id", data=np.array([x["id"] for x in samples], dtype=object), dtype=st)
+        s.create_dataset("task", data=np.array([x["task"] for x in samples], dtype=object), dtype=st)
+        s.create_dataset("label", data=np.array([x["label"] for x in samples], dtype=np.int64))
+        s.create_dataset("answer", data=np.array([x["answer"] for x in samples], dtype=np.int64))
+        s.create_dataset("meta", data=np.array([_dumps(x["meta"]) for x in samples], dtype=object), dtype=st)
+        f.create_group("results")
+        if ident["kind"] == "cache":
+            a["float16"] = ident["float16"]
+            a["hooks"] = _dumps(ident["hooks"])
+            a["max_json_bytes"] = max_json_bytes
+            s.create_dataset("complete", shape=(n,), dtype=bool, **_early())
+            s.create_dataset("run_meta", shape=(n,), dtype=f"S{max_json_bytes}", **_early())
+            f.create_dataset("layout", shape=(n,), dtype=f"S{max_json_bytes}", **_early())
+            acts, shapes = f.create_group("acts"), f.create_group("acts_shape")
+            for name, (shape, dtype) in (ident["hooks"] or {}).items():
+                acts.create_dataset(name, shape=(n, *shape), dtype=dtype,
+                                    chunks=(1, *[max(d, 1) for d in shape]), **_early())
+                shapes.create_dataset(name, shape=(n, len(shape)), dtype=np.int64, **_early())
+    os.replace(tmp, path)
+
+
+def _json_field(x, limit, what, path):
+    b = _dumps(x).encode()
+    if len(b) > limit:
+        raise ValueError(f"{path}: {what} is {len(b)} bytes of JSON, more than the file's "
+                         f"max_json_bytes={limit}; open a new file with a larger max_json_bytes")
+    return b
+
+
+def _check_samples(samples, path):
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"{path}: sample id {dup!r} appears more than once")
+
+
+# ---------------------------------------------------------------- writing
+
+class CacheWriter:
+    """Writes one run's activations sample by sample; resumable, kill-safe.
+
+    with CacheWriter.open(path, model, fp, dataset, config, samples, hooks) as w:
+        for i in w.pending():
+            w.write_sample(i, {hook: array}, layout, meta)
+    """
+
+    def __init__(self, path, f, ident):
+        self.path, self._f, self._ident = Path(path), f, ident
+        self.n_samples = len(ident["samples"])
+        self._limit = int(f.attrs["max_json_bytes"])
+
+    @classmethod
+    def open(cls, path, model, model_fingerprint, dataset, config: dict,
+             samples: list[SampleMeta], hooks: dict | None = None, float16: bool = False,
+             max_json_bytes: int = 16384) -> "CacheWriter":
+        """Create the file, or resume it if it holds the same run.
+
+        hooks: {name: (max_shape, dtype)}, max_shape being the per-sample shape
+        (e.g. [n_positions, d_model]; with positions="all", the longest sample's).
+        None: the first write_sample defines them from its arrays' shapes.
+        float16: store floating hooks as float16. Raises CacheMismatchError if the
+        file exists with another model, fingerprint, dataset, config, sample list,
+        hooks or float16 -- the file is then left untouched.
+        """
+        path = Path(path)
+        if not samples:
+            raise ValueError(f"{path}: no samples to write")
+        _check_samples(samples, path)
+        ident = _identity("cache", model, model_fingerprint, dataset, config, samples, hooks, float16)
+        if path.exists():
+            old = _check_existing(path, ident)
+            if old["hooks"] is None and ident["hooks"] is not None:
+                _create(path, ident, _attr(path, "created"), _attr(path, "max_json_bytes"))
+            ident["hooks"] = old["hooks"] if ident["hooks"] is None else ident["hooks"]
+        else:
+            _create(path, ident, datetime.now(timezone.utc).isoformat(), max_json_bytes)
+        return cls(path, _open_h5(path, "r+"), ident)
+
+    def pending(self) -> list[int]:
+        """Indices of samples not yet complete, in order."""
+        return [int(i) for i in np.flatnonzero(~self._f["samples/complete"][()])]
+
+    def is_complete(self, i: int) -> bool:
+        return bool(self._f["samples/complete"][i])
+
+    def write_sample(self, i: int, acts: dict, layout: dict, meta: dict | None = None):
+        """Store sample i: acts {hook: array [*shape]} (each shape at most the
+        hook's max_shape), its layout and optional run metadata (JSON-able),
+        then mark it complete. Nothing is kept in memory after the call."""
+        if not 0 <= i < self.n_samples:
+            raise IndexError(f"{self.path}: sample index {i} out of range 0..{self.n_samples - 1}")
+        if self._ident["hooks"] is None:
+            self._define_hooks(acts)
+        hooks = self._ident["hooks"]
+        if set(acts) != set(hooks):
+            raise ValueError(f"{self.path}: sample {i} gives hooks {sorted(acts)}, the file "
+                             f"holds {sorted(hooks)}")
+        for name, x in acts.items():
+            shape, _ = hooks[name]
+            if np.ndim(x) != len(shape) or any(a > b for a, b in zip(np.shape(x), shape)):
+                raise ValueError(f"{self.path}: hook {name!r} of sample {i} has shape "
+                                 f"{tuple(np.shape(x))}, the file's maximum is {tuple(shape)}")
+        layout_b = _json_field(layout, self._limit, f"layout of sample {i}", self.path)
+        meta_b = _json_field(meta or {}, self._limit, f"meta of sample {i}", self.path)
+
+        f, done = self._f, self._f["samples/complete"]
+        if done[i]:  # a rewrite must not look complete while half-written
+            done[i] = False
+            f.flush()
+        for name, x in acts.items():
+            shape, dtype = hooks[name]
+            x = np.asarray(x)
+            # write the whole padded slot, so that padding left by a killed
+            # attempt at a longer sample can never survive a rewrite
+            slot = np.zeros(shape, dtype)
+            slot[tuple(slice(0, d) for d in x.shape)] = x
+            f["acts"][name][i] = slot
+            f["acts_shape"][name][i] = x.shape
+        f["layout"][i] = layout_b
+        f["samples/run_meta"][i] = meta_b
+        f.flush()
+        done[i] = True
+        f.flush()
+
+    def _define_hooks(self, acts):
+        """hooks=None at open: this first sample's shapes fix the file's layout."""
+        self._f.close()
+        spec = {k: (np.shape(v), np.asarray(v).dtype) for k, v in acts.items()}
+        self._ident["hooks"] = _hook_spec(spec, self._ident["float16"])
+        _create(self.path, self._ident, _attr(self.path, "created"), self._limit)
+        self._f = _open_h5(self.path, "r+")
+
+    def write_result(self, name: str, array, attrs: dict | None = None, overwrite: bool = False):
+        """Store an analysis output at /results/<name>. In place: not kill-safe
+        (prefer a ResultsFile for results written after the capture)."""
+        _put_result(self._f, self.path, name, array, attrs, overwrite)
+        self._f.flush()
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _attr(path, key):
+    with _open_h5(path) as f:
+        v = f.attrs[key]
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _put_result(f, path, name, array, attrs, overwrite):
+    if not name or name.startswith("/") or "" in name.split("/"):
+        raise ValueError(f"{path}: bad result name {name!r} (want e.g. 'flow/cross_frame')")
+    full = f"results/{name}"
+    if full in f:
+        if not overwrite:
+            raise ValueError(f"{path}: result {name!r} exists; pass overwrite=True to replace it")
+        del f[full]
+    a = np.asarray(array)
+    if a.dtype.kind == "U":
+        d = f.create_dataset(full, data=a.astype(object), dtype=h5py.string_dtype())
+    else:
+        d = f.create_dataset(full, data=a)
+    d.attrs["attrs"] = _dumps(attrs or {})
+
+
+class ResultsFile:
+    """A file of analysis outputs only (/samples + /results), refused if it
+    belongs to another configuration. Each write_result rewrites the file
+    through a copy and an atomic replace, so a kill leaves the old or the new one."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @classmethod
+    def open(cls, path, model, model_fingerprint, dataset, config: dict,
+             samples: list[SampleMeta]) -> "ResultsFile":
+        """Create the file or reopen it; CacheMismatchError if another run wrote it."""
+        path = Path(path)
+        _check_samples(samples, path)
+        ident = _identity("results", model, model_fingerprint, dataset, config, samples)
+        if path.exists():
+            _check_existing(path, ident)
+        else:
+            _create(path, ident, datetime.now(timezone.utc).isoformat())
+        return cls(path)
+
+    def write_result(self, name: str, array, attrs: dict | None = None, overwrite: bool = False):
+        """Store array (any shape) at /results/<name> with JSON-able attrs."""
+        tmp = self.path.with_name(self.path.name + ".partial")
+        shutil.copyfile(self.path, tmp)
+        try:
+            with h5py.File(tmp, "r+") as f:
+                _put_result(f, self.path, name, array, attrs, overwrite)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, self.path)
+
+    def reader(self) -> "CacheReader":
+        return CacheReader(self.path)
+
+
+# ---------------------------------------------------------------- reading
+
+class CacheReader:
+    """Read-only view of a store file; safe while a writer is running.
+
+    Each call reopens the file, so completion flags are always current.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        with _open_h5(self.path) as f:
+            _read_identity(f, self.path)  # raises on a non-chronolens file
+            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        self.config = json.loads(self.attrs["config"])
+        self.n_samples = self.samples["id"].shape[0]
+
+    @property
+    def hooks(self) -> list[str]:
+        """Hook names held (empty for a results file)."""
+        with _open_h5(self.path) as f:
+            return list(f["acts"]) if "acts" in f else []
+
+    @property
+    def samples(self) -> dict[str, np.ndarray]:
+        """{'id', 'task': str [n]; 'label', 'answer': int [n]; 'complete': bool [n]}."""
+        with _open_h5(self.path) as f:
+            s = f["samples"]
+            out = {"id": s["id"].asstr()[()].astype(str), "task": s["task"].asstr()[()].astype(str),
+                   "label": s["label"][()], "answer": s["answer"][()]}
+            n = out["id"].shape[0]
+            out["complete"] = s["complete"][()] if "complete" in s else np.ones(n, bool)
+        return out
+
+    def complete(self) -> np.ndarray:
+        """Indices of complete samples, int [k]."""
+        return np.flatnonzero(self.samples["complete"])
+
+    def acts(self, hook: str, samples=None, complete_only: bool = True):
+        """Activations of hook for the given sample indices (default: all complete).
+
+        Returns an array [k, *shape] when every sample has the same shape, else a
+        list of k arrays [*shape_i] (e.g. positions="all"). Padding is removed.
+        """
+        with _open_h5(self.path) as f:
+            if hook not in f.get("acts", {}):
+                raise KeyError(f"{self.path}: no hook {hook!r}; it holds {list(f.get('acts', {}))}")
+            done = f["samples/complete"][()]
+            idx = np.flatnonzero(done) if samples is None else np.asarray(samples, dtype=int).reshape(-1)
+            if complete_only and not done[idx].all():
+                raise ValueError(f"{self.path}: samples {idx[~done[idx]].tolist()} are not complete "
+                                 "(pass complete_only=False to read them anyway)")
+            ds, shp = f["acts"][hook], f["acts_shape"][hook]
+            arrays = [ds[i][tuple(slice(0, d) for d in shp[i])] for i in idx]
+            empty = np.zeros((0, *ds.shape[1:]), ds.dtype)
+        if len({a.shape for a in arrays}) <= 1:
+            return np.stack(arrays) if arrays else empty
+        return arrays
+
+    def layout(self, i: int) -> dict:
+        """The TokenLayout spans of sample i, as written."""
+        return json.loads(self._json("layout", i))
+
+    def meta(self, i: int) -> dict:
+        """Sample i's metadata: the SampleMeta.meta, updated with write_sample's
+        meta once the sample is complete."""
+        with _open_h5(self.path) as f:
+            m = json.loads(f["samples/meta"].asstr()[i])
+            if "complete" in f["samples"] and f["samples/complete"][i]:
+                m.update(json.loads(f["samples/run_meta"][i].decode()))
+        return m
+
+    def _json(self, dataset, i):
+        with _open_h5(self.path) as f:
+            if not f["samples/complete"][i]:
+                raise ValueError(f"{self.path}: sample {i} is not complete")
+            return f[dataset][i].decode()
+
+    def result(self, name: str):
+        """(array, attrs dict) stored at /results/<name>."""
+        with _open_h5(self.path) as f:
+            if f"results/{name}" not in f:
+                raise KeyError(f"{self.path}: no result {name!r}; it holds {self._result_names(f)}")
+            d = f[f"results/{name}"]
+            a = d.asstr()[()] if h5py.check_string_dtype(d.dtype) else d[()]
+            return a, json.loads(d.attrs["attrs"])
+
+    def results(self) -> list[str]:
+        """Names of all stored results, e.g. ['flow/cross_frame']."""
+        with _open_h5(self.path) as f:
+            return self._result_names(f)
+
+    @staticmethod
+    def _result_names(f):
+        names = []
+        f["results"].visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        return names
