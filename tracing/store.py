@@ -371,9 +371,10 @@ class CacheWriter:
 
     def _define_hooks(self, acts):
         """hooks=None at open: this first sample's shapes fix the file's layout."""
-        self._f.close()
         spec = {k: (np.shape(v), np.asarray(v).dtype) for k, v in acts.items()}
-        self._ident["hooks"] = _hook_spec(spec, self._ident["float16"])
+        spec = _hook_spec(spec, self._ident["float16"])  # validate before closing
+        self._f.close()
+        self._ident["hooks"] = spec
         _create(self.path, self._ident, _attr(self.path, "created"), self._limit)
         self._f = _open_h5(self.path, "r+")
 
@@ -490,7 +491,8 @@ class CacheReader:
         return np.flatnonzero(self.samples["complete"])
 
     def acts(self, hook: str, samples=None, complete_only: bool = True):
-        """Activations of hook for the given sample indices (default: all complete).
+        """Activations of hook for the given sample indices (default: all complete,
+        or all with complete_only=False; a never-written sample reads as empty).
 
         Returns an array [k, *shape] when every sample has the same shape, else a
         list of k arrays [*shape_i] (e.g. positions="all"). Padding is removed.
@@ -499,7 +501,10 @@ class CacheReader:
             if hook not in f.get("acts", {}):
                 raise KeyError(f"{self.path}: no hook {hook!r}; it holds {list(f.get('acts', {}))}")
             done = f["samples/complete"][()]
-            idx = np.flatnonzero(done) if samples is None else np.asarray(samples, dtype=int).reshape(-1)
+            if samples is None:
+                idx = np.flatnonzero(done) if complete_only else np.arange(done.size)
+            else:
+                idx = np.asarray(samples, dtype=int).reshape(-1)
             if complete_only and not done[idx].all():
                 raise ValueError(f"{self.path}: samples {idx[~done[idx]].tolist()} are not complete "
                                  "(pass complete_only=False to read them anyway)")

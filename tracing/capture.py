@@ -1,0 +1,201 @@
+"""Activation capture through nnsight at canonical hook names.
+
+    acts = capture(lm, inputs, layout, ["blocks.3.hook_resid_post"], positions="frame_mean")
+
+Lazy: only what is asked for is kept, and only at the chosen positions.
+Also the CLI that streams captures of a dataset into an HDF5 cache:
+``python -m tracing.capture --model organism --hooks resid_post --positions frame_mean``.
+"""
+from __future__ import annotations
+
+import torch
+from nnsight import NNsight
+
+from .hooks import HookPoint, expand, resolve
+from .layout import TokenLayout
+
+POSITIONS = ("all", "video", "frame_mean", "frames", "last")
+
+
+def _envoy(nm, path: str):
+    m = nm
+    for part in path.split("."):
+        m = m[int(part)] if part.isdigit() else getattr(m, part)
+    return m
+
+
+def select(x: torch.Tensor, layout: TokenLayout, positions: str, point: HookPoint) -> torch.Tensor:
+    """Pick positions from one captured tensor.
+
+    LLM-side hooks give [1, T, d] (patterns [1, H, T, T]); the result drops the
+    batch axis: 'all' [T, d], 'video' [n_video, d], 'frame_mean' [n_groups, d]
+    (mean over each frame's tokens), 'frames' [n_groups, tokens_per_group, d],
+    'last' [d], or any TokenLayout span name [len, d]. Vision-side hooks
+    (rows are encoder features, not LLM positions) take 'all'/'video' (every
+    row, in frame order) and 'frame_mean'/'frames'.
+    """
+    if point.vision_side:
+        rows = x.reshape(-1, x.shape[-1])
+        groups = len(layout.frame_groups)
+        if positions in ("all", "video"):
+            return rows
+        per = rows.reshape(groups, -1, rows.shape[-1])
+        if positions == "frames":
+            return per
+        if positions == "frame_mean":
+            return per.mean(1)
+        raise ValueError(f"positions={positions!r} is not defined for vision-side hook {point.name!r}; "
+                         f"use all, video, frames or frame_mean")
+    if point.item == 1:  # attention pattern [1, H, Tq, Tk]: positions select query rows
+        if x is None:
+            raise RuntimeError(f"{point.name}: no attention probabilities; load the model with attn='eager'")
+        x = x[0].transpose(0, 1)  # [Tq, H, Tk]
+    else:
+        x = x[0]
+    if positions == "all":
+        out = x
+    elif positions == "last":
+        out = x[layout.last]
+    elif positions == "video":
+        out = x[layout.video.start : layout.video.end]
+    elif positions in ("frame_mean", "frames"):
+        per = torch.stack([x[s.start : s.end] for s in layout.frame_groups])
+        out = per.mean(1) if positions == "frame_mean" else per
+    else:
+        idx = layout.positions(positions)
+        out = x[idx]
+    return out.transpose(0, 1) if point.item == 1 and out.dim() == 3 else out
+
+
+def capture(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, positions: str = "all",
+            layers: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Run one forward pass and return {hook name: tensor at the chosen positions}.
+
+    hooks: canonical names or shorthands (see tracing/hooks.py). Patterns need
+    the model loaded with attn='eager'.
+    """
+    names = expand(lm, hooks, layers)
+    points = [resolve(lm, n) for n in names]
+    nm = NNsight(lm.model)
+    saved = []
+    with torch.no_grad(), nm.trace(**inputs):
+        # Requested in execution order (nnsight raises OutOfOrderError otherwise);
+        # two hooks on one module (attention output and pattern) share one access.
+        cache: dict[tuple[str, str], object] = {}
+        for p in points:
+            key = (p.path, p.io)
+            if key not in cache:
+                env = _envoy(nm, p.path)
+                cache[key] = (env.input if p.io == "input" else env.output).save()
+            saved.append(cache[key])
+    out = {}
+    for p, v in zip(points, saved):
+        v = v[p.item] if p.item is not None else v
+        out[p.name] = select(v, layout, positions, p)
+    return out
+
+
+# -- streaming a dataset into an HDF5 cache -----------------------------------
+
+def _shape_bound(shape: tuple, layout: TokenLayout, positions: str, point: HookPoint, max_layout: TokenLayout):
+    """Per-sample shape with the token axis widened to the largest sample's."""
+    if point.vision_side or positions in ("last",):
+        return shape
+    n = {"all": max_layout.n_tokens, "video": len(max_layout.video)}.get(positions)
+    if positions in ("frame_mean", "frames"):
+        n = len(max_layout.frame_groups)
+    if positions not in ("all", "video", "frame_mean", "frames"):
+        n = max(len(max_layout.positions(positions)), 1)
+    if point.item == 1 and positions == "all":  # pattern [H, T, T]
+        return (shape[0], max_layout.n_tokens, max_layout.n_tokens)
+    if point.item == 1:
+        return (shape[0], n, max_layout.n_tokens)
+    return (n, *shape[1:])
+
+
+def capture_dataset(lm, samples, hooks, out, positions: str = "all", layers=None, float16: bool = False,
+                    dataset: str = "synthetic", config: dict | None = None, progress: bool = True):
+    """Capture ``hooks`` for every sample into the HDF5 cache ``out``, one sample
+    at a time (memory flat in the number of samples). A re-run with the same
+    configuration resumes; another configuration is refused by the store.
+    Returns the list of (sample id, reason) that were skipped."""
+    from tqdm import tqdm
+
+    from .inputs import build_sample_inputs
+    from .store import CacheWriter, SampleMeta
+
+    names = expand(lm, hooks, layers)
+    points = {n: resolve(lm, n) for n in names}
+    # Layouts first (cheap: no forward) so every hook's largest shape is known up front.
+    prepared, skipped = [], []
+    for s in samples:
+        try:
+            prepared.append((s, *build_sample_inputs(lm, s)))
+        except ValueError as e:
+            skipped.append((s.id, str(e)))
+    if not prepared:
+        raise ValueError(f"no sample could be prepared; first problem: {skipped[:1]}")
+    biggest = max(prepared, key=lambda x: x[2].n_tokens)
+    probe = capture(lm, biggest[1], biggest[2], names, positions)
+    spec = {n: (_shape_bound(tuple(v.shape), biggest[2], positions, points[n], biggest[2]),
+                "float16" if float16 else "float32") for n, v in probe.items()}
+    metas = [SampleMeta(s.id, s.task, int(s.answer), int(s.answer), {"options": s.options, "question": s.question})
+             for s, _, _ in prepared]
+    cfg = {"hooks": names, "positions": positions, **(config or {})}
+    with CacheWriter.open(out, lm.name, lm.fingerprint, dataset, cfg, metas, hooks=spec, float16=float16) as w:
+        todo = w.pending()
+        for i in tqdm(todo, desc=f"capture -> {out}", unit="sample", disable=not progress):
+            s, inputs, layout = prepared[i]
+            acts = capture(lm, inputs, layout, names, positions)
+            w.write_sample(i, {k: v.float().cpu().numpy() for k, v in acts.items()}, layout.to_dict())
+    return skipped
+
+
+def main(argv=None):
+    import argparse
+
+    from .registry import available, load_model
+
+    ap = argparse.ArgumentParser(
+        prog="python -m tracing.capture",
+        description="Capture activations of a model on a dataset into an HDF5 cache (resumable).",
+    )
+    ap.add_argument("--model", default="organism", help=f"registry name, hub id or local folder ({', '.join(available())})")
+    ap.add_argument("--dataset", default="synthetic", help="synthetic | tomato | tvbench")
+    ap.add_argument("--data-dir", default=None, help="folder of a local benchmark copy (tomato, tvbench)")
+    ap.add_argument("--tasks", default=None, help="comma-separated task names (default: all of the dataset)")
+    ap.add_argument("--limit", type=int, default=8, help="samples per task for synthetic, total cap otherwise")
+    ap.add_argument("--frames", type=int, default=8, help="frames per video")
+    ap.add_argument("--hooks", default="resid_post", help="comma-separated hook names or shorthands "
+                    "(embed, vision, projector, resid_pre, resid_post, attn_out, mlp_out, pattern, ln_final)")
+    ap.add_argument("--layers", default=None, help="comma-separated layer indices for per-layer hooks (default: all)")
+    ap.add_argument("--positions", default="frame_mean", help=f"{', '.join(POSITIONS)} or a TokenLayout span name")
+    ap.add_argument("--float16", action="store_true", help="store activations as float16")
+    ap.add_argument("--seed", type=int, default=0, help="dataset seed (synthetic)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    ap.add_argument("--device-map", default=None, help="'auto' to spread a large model over GPUs")
+    ap.add_argument("--out", default=None, help="HDF5 file (default cache/capture-<model>-<dataset>.h5)")
+    a = ap.parse_args(argv)
+
+    from tasks.datasets import load_dataset  # the CLI alone reads datasets; the core takes Samples
+
+    tasks = a.tasks.split(",") if a.tasks else None
+    res = load_dataset(a.dataset, data_dir=a.data_dir, n_frames=a.frames, limit=a.limit, tasks=tasks, seed=a.seed)
+    for item, path, why in res.problems:
+        print(f"skipped {item} ({path}): {why}")
+    pattern = "pattern" in a.hooks
+    lm = load_model(a.model, device=a.device, dtype=a.dtype, attn="eager" if pattern else "sdpa",
+                    device_map=a.device_map)
+    layers = [int(x) for x in a.layers.split(",")] if a.layers else None
+    out = a.out or f"cache/capture-{a.model.replace('/', '_')}-{a.dataset}.h5"
+    cfg = {"tasks": tasks, "limit": a.limit, "frames": a.frames, "seed": a.seed, "dtype": a.dtype,
+           "layers": layers, "data_dir": a.data_dir}
+    skipped = capture_dataset(lm, res.samples, a.hooks, out, a.positions, layers, a.float16, a.dataset, cfg)
+    for sid, why in skipped:
+        print(f"skipped {sid}: {why}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
