@@ -106,10 +106,26 @@ def _not_found(name: str, repo: str, why: str) -> ModelNotFoundError:
         f"model {name!r} ({repo}) is not on this machine: looked for a local folder {repo!r} and in the "
         f"Hugging Face cache {_hf_cache_dir()} ({why}).\n"
         f"On a machine with network, fetch it with:\n"
-        f"    huggingface-cli download {repo}\n"
+        f"    hf download {repo}\n"
         f"then copy the cache folder here (or set HF_HOME), or pass --model /path/to/the/downloaded/folder.\n"
-        f"Models available offline: {', '.join(available())}."
+        f"Models that need no download: organism, {', '.join(TINY_MODELS)}."
     )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so that an offline machine fails at once instead of
+    after the hub client's minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def resolve(name: str) -> tuple[str, str]:
@@ -179,6 +195,8 @@ def _from_pretrained(name, kind, source, dtype, device_map):
     except OSError as e:
         if local_only:
             raise _not_found(name, source, "offline") from None
+        if not _hub_reachable():
+            raise _not_found(name, source, "the hub is unreachable from this machine") from None
         try:  # a machine with network: let the hub download it
             config = transformers.AutoConfig.from_pretrained(source)
         except Exception as e2:  # noqa: BLE001 - any hub failure gets the same clear message

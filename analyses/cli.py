@@ -1,0 +1,56 @@
+"""Arguments every analysis CLI shares, and what they load."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tasks.datasets import DATASETS, load_dataset
+from tracing.registry import available, load_model
+
+
+def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=description,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default="organism",
+                    help=f"registry name ({', '.join(available())}), a hub id, or a local checkpoint folder")
+    ap.add_argument("--dataset", default="synthetic", choices=sorted(DATASETS),
+                    help="synthetic (rendered here), or a local copy of tomato / tvbench (see --data-dir)")
+    ap.add_argument("--data-dir", default=None, help="folder holding the benchmark's annotations and videos")
+    ap.add_argument("--tasks", default=None, help="comma-separated task names (default: the dataset's own set)")
+    ap.add_argument("--frames", type=int, default=frames, help="frames sampled uniformly from each video")
+    ap.add_argument("--limit", type=int, default=limit,
+                    help="samples per task (synthetic) or in total (benchmarks)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples and of any randomness")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
+    ap.add_argument("--device-map", default=None, help="'auto' spreads a large model over the visible GPUs")
+    ap.add_argument("--out", default=None, help="HDF5 output file (default: cache/<analysis>-<model>-<dataset>.h5)")
+    return ap
+
+
+def load_data(a, n_frames: int | None = None, **kw):
+    """The dataset the arguments name; bad items are reported and skipped."""
+    tasks = a.tasks.split(",") if a.tasks else None
+    res = load_dataset(a.dataset, data_dir=a.data_dir, n_frames=n_frames or a.frames, limit=a.limit,
+                       tasks=tasks, seed=a.seed, **kw)
+    for item, path, why in res.problems:
+        print(f"skipped {item} ({path}): {why}", file=sys.stderr)
+    if not res.samples:
+        raise SystemExit(f"no usable samples in dataset {a.dataset!r} (data dir {a.data_dir!r})")
+    return res
+
+
+def load_from_args(a, attn: str = "sdpa"):
+    return load_model(a.model, device=a.device, dtype=a.dtype, attn=attn, device_map=a.device_map)
+
+
+def default_out(analysis: str, a) -> str:
+    return a.out or f"cache/{analysis}-{a.model.strip('/').replace('/', '_')}-{a.dataset}.h5"
+
+
+def run_config(a, **extra) -> dict:
+    """The run's configuration as recorded in the output file."""
+    d = {k: v for k, v in vars(a).items() if k not in ("out",)}
+    d.update(extra)
+    return json.loads(json.dumps(d, default=str))

@@ -1,0 +1,561 @@
+"""Attention knockout (Map the Flow, Kim et al. 2025): exact and fast.
+
+"A -/-> B" cuts attention edges: the queries in the target spans B may not
+read the keys in the source spans A, in a chosen set of layers. The blocked
+entries are *assigned* ``finfo(dtype).min`` on top of the causal mask (adding
+to an already masked entry would give -inf, and a fully blocked row NaN; with
+an assigned finfo.min such a row becomes uniform, as in the paper's code).
+
+Pieces, from small to large:
+
+- ``EdgeSet``: a named, serialisable set of (source, target) position ranges;
+  ``edges(name, layout)`` builds the named ones of ``EDGE_SETS`` or parses a
+  string such as ``"video->last"`` or ``"frame:0->frame:3"``.
+- Layer sets: ``window``, ``default_window``, ``bottom_up``, ``top_down``.
+- ``Knockout``: one condition, an edge set in a set of layers.
+- ``knockout_mask``: the additive ``[1, 1, T, T]`` mask.
+- ``knockout(lm, layout, edge_set, layers)``: a context manager that applies a
+  knockout to ordinary forwards and ``generate`` through transformers'
+  attention registry (eager and sdpa alike).
+- ``KnockoutRunner``: many conditions on one input, recomputing only what a
+  knockout can change (see its docstring), plus ``naive_run``, the paper's
+  one-full-forward-per-condition method, as a cross-check and baseline.
+
+Generation rule: edge sets are resolved against the prompt's ``TokenLayout``,
+so tokens generated after the prompt (positions >= ``layout.n_tokens``) are no
+target of any span and attend as usual, except where an edge set names the
+open-ended span ``generated`` (e.g. ``"video->generated"``). Keys in the
+prompt's source spans stay blocked for every query that is a target.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .attention import attention_overrides
+from .layout import TokenLayout
+
+# A position range [start, end); end None = open-ended (to the end of the sequence, generated tokens included).
+Range = tuple[int, "int | None"]
+
+GENERATED = "generated"
+
+
+# ---------------------------------------------------------------- edge sets
+@dataclass(frozen=True)
+class EdgeSet:
+    """Attention edges to cut, in token positions of one layout.
+
+    name:  a label (the registry name or the parsed string).
+    pairs: ((src_start, src_end), (tgt_start, tgt_end)) ranges: queries in the
+           target range may not attend to keys in the source range. An end of
+           None is open-ended.
+    """
+
+    name: str
+    pairs: tuple[tuple[Range, Range], ...]
+
+    def __post_init__(self):
+        for src, tgt in self.pairs:
+            for r in (src, tgt):
+                if len(r) != 2 or r[0] < 0 or (r[1] is not None and r[1] < r[0]):
+                    raise ValueError(f"EdgeSet {self.name!r}: bad range {r}")
+
+    def __or__(self, other: "EdgeSet") -> "EdgeSet":
+        return EdgeSet(f"{self.name}+{other.name}", self.pairs + other.pairs)
+
+    def blocked(self, q_start: int, q_end: int, k_end: int, device=None) -> torch.Tensor:
+        """bool [q_end - q_start, k_end]: True where query position q_start + i
+        may not read key position j (causality not applied here)."""
+        out = torch.zeros(q_end - q_start, k_end, dtype=torch.bool, device=device)
+        for (s0, s1), (t0, t1) in self.pairs:
+            s1 = k_end if s1 is None else min(s1, k_end)
+            t1 = q_end if t1 is None else min(t1, q_end)
+            t0 = max(t0, q_start)
+            if s0 < s1 and t0 < t1:
+                out[t0 - q_start : t1 - q_start, s0:s1] = True
+        return out
+
+    def first_query(self, n: int) -> int | None:
+        """The first position < n whose attention changes: a target query with
+        a blocked key at or before it (a key after it is masked anyway).
+        None when the edge set blocks nothing that causality allows."""
+        firsts = []
+        for (s0, s1), (t0, t1) in self.pairs:
+            q = max(t0, s0)  # a target t reads source keys only from t >= s0 on
+            if (s1 is None or s0 < s1) and q < (n if t1 is None else min(t1, n)):
+                firsts.append(q)
+        return min(firsts) if firsts else None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "pairs": [[list(s), list(t)] for s, t in self.pairs]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EdgeSet":
+        return cls(d["name"], tuple((tuple(s), tuple(t)) for s, t in d["pairs"]))
+
+
+def _ranges(layout: TokenLayout, spec: str) -> list[Range]:
+    """'video' / 'frame:2' / 'question,last' -> position ranges."""
+    out: list[Range] = []
+    for name in (s.strip() for s in spec.split(",")):
+        if name == GENERATED:
+            out.append((layout.n_tokens, None))
+            continue
+        try:
+            spans = layout.span(name)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"edge spec: unknown or unavailable span {name!r} ({e})") from None
+        out += [(s.start, s.end) for s in spans if len(s)]
+    return out
+
+
+def from_pairs(name: str, layout: TokenLayout, pairs: Iterable[tuple[str, str]]) -> EdgeSet:
+    """Span-name pairs ``[("video", "question"), ...]`` -> EdgeSet (every
+    source range paired with every target range)."""
+    out = []
+    for src, tgt in pairs:
+        out += [(s, t) for s in _ranges(layout, src) for t in _ranges(layout, tgt)]
+    return EdgeSet(name, tuple(out))
+
+
+def _cross_frame(layout: TokenLayout) -> EdgeSet:
+    # Frame groups, not frames: on Qwen2-VL two frames share one temporal patch
+    # (one span), and attention inside a group is attention within a frame.
+    groups = layout.frame_groups
+    pairs = tuple(((g.start, g.end), (f.start, f.end)) for i, f in enumerate(groups) for g in groups[:i])
+    return EdgeSet("cross_frame", pairs)
+
+
+# Map the Flow's span-to-span edge types: name -> (source span, target span).
+SPAN_EDGES: dict[str, tuple[str, str]] = {
+    "video_question": ("video", "question"),  # the question includes the options
+    "video_last": ("video", "last"),
+    "question_last": ("question", "last"),
+    "last_last": ("last", "last"),  # the diagonal entry of the last position
+    "question_text_last": ("question_text", "last"),
+    "true_option_last": ("true_option", "last"),
+    "false_options_last": ("false_options", "last"),
+    "video_question_text": ("video", "question_text"),
+    "question_text_true_option": ("question_text", "true_option"),
+    "video_true_option": ("video", "true_option"),
+}
+
+
+def _span_edge(name: str, layout: TokenLayout) -> EdgeSet:
+    return from_pairs(name, layout, [SPAN_EDGES[name]])
+
+
+# The named edge sets: name -> (layout -> EdgeSet). Add an entry to add one.
+EDGE_SETS: dict[str, Callable[[TokenLayout], EdgeSet]] = {
+    "cross_frame": _cross_frame,
+    **{name: partial(_span_edge, name) for name in SPAN_EDGES},
+}
+
+
+def edges(name: str, layout: TokenLayout) -> EdgeSet:
+    """A named edge set (``EDGE_SETS``) or a string of span pairs:
+    ``"video->last"``, ``"frame:0->frame:3"``, ``"video->question,last"``
+    (commas: several spans), ``"video->question; question->last"``
+    (semicolons: several pairs). Span names are those of
+    ``TokenLayout.span`` plus ``generated`` (tokens after the prompt)."""
+    if name in EDGE_SETS:
+        return EDGE_SETS[name](layout)
+    if "->" not in name:
+        raise ValueError(f"edge set {name!r}: not one of {sorted(EDGE_SETS)} and not of the form 'source->target'")
+    pairs = []
+    for part in name.split(";"):
+        if part.count("->") != 1:
+            raise ValueError(f"edge set {name!r}: each ';'-separated part needs exactly one '->', got {part!r}")
+        src, tgt = (s.strip() for s in part.split("->"))
+        pairs.append((src, tgt))
+    return from_pairs(name, layout, pairs)
+
+
+# ---------------------------------------------------------------- layer sets
+def window(center: int, k: int, n_layers: int) -> range:
+    """k layers around ``center``: range(max(0, c - k//2), min(L, c + k - k//2)).
+    The paper's k = 9 gives range(max(0, l-4), min(L, l+5))."""
+    if k < 1:
+        raise ValueError(f"window: k must be >= 1, got {k}")
+    if not 0 <= center < n_layers:
+        raise ValueError(f"window: center {center} outside [0, {n_layers})")
+    return range(max(0, center - k // 2), min(n_layers, center + k - k // 2))
+
+
+def default_window(n_layers: int) -> int:
+    """The paper's k = 9 for models of 32+ layers; for smaller models about a
+    quarter of the depth, max(1, round(L / 4)) (Python rounds halves to even:
+    L = 6 -> 2, L = 8 -> 2, L = 12 -> 3), so that a window still sweeps."""
+    return 9 if n_layers >= 32 else max(1, round(n_layers / 4))
+
+
+def bottom_up(layer: int, n_layers: int | None = None) -> range:
+    """Layers [0, layer]."""
+    if layer < 0 or (n_layers is not None and layer >= n_layers):
+        raise ValueError(f"bottom_up: layer {layer} outside [0, {n_layers})")
+    return range(0, layer + 1)
+
+
+def top_down(layer: int, n_layers: int) -> range:
+    """Layers [layer, L)."""
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"top_down: layer {layer} outside [0, {n_layers})")
+    return range(layer, n_layers)
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """One condition: ``edges`` cut in ``layers``."""
+
+    edges: EdgeSet
+    layers: tuple[int, ...]
+
+    @classmethod
+    def of(cls, cond: "Knockout | tuple[EdgeSet, Iterable[int]]") -> "Knockout":
+        if isinstance(cond, Knockout):
+            return cond
+        es, layers = cond
+        if not isinstance(es, EdgeSet):
+            raise TypeError(f"condition: expected (EdgeSet, layers), got {type(es).__name__} first")
+        return cls(es, tuple(sorted(set(int(l) for l in layers))))
+
+    def to_dict(self) -> dict:
+        return {"edges": self.edges.to_dict(), "layers": list(self.layers)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Knockout":
+        return cls(EdgeSet.from_dict(d["edges"]), tuple(d["layers"]))
+
+
+def window_sweep(edge_set: EdgeSet, n_layers: int, k: int | None = None) -> list[Knockout]:
+    """One condition per window centre 0..L-1 (k defaults to ``default_window``)."""
+    k = default_window(n_layers) if k is None else k
+    return [Knockout(edge_set, tuple(window(c, k, n_layers))) for c in range(n_layers)]
+
+
+# ---------------------------------------------------------------- the mask
+def causal_mask(q_start: int, q_end: int, k_end: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """Additive [q_end - q_start, k_end]: 0 where key <= query, finfo.min elsewhere."""
+    q = torch.arange(q_start, q_end, device=device)[:, None]
+    k = torch.arange(k_end, device=device)[None, :]
+    return torch.zeros(q_end - q_start, k_end, dtype=dtype, device=device).masked_fill_(k > q, torch.finfo(dtype).min)
+
+
+def knockout_mask(layout: TokenLayout, edge_set: EdgeSet, T: int | None = None, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Additive mask [1, 1, T, T]: causal, with the blocked entries assigned
+    ``finfo(dtype).min``. T defaults to the prompt length; a larger T (prompt
+    plus generated tokens) follows the generation rule of this module."""
+    T = layout.n_tokens if T is None else T
+    if T < layout.n_tokens:
+        raise ValueError(f"knockout_mask: T={T} is shorter than the prompt ({layout.n_tokens} tokens)")
+    m = causal_mask(0, T, T, dtype, device)
+    m.masked_fill_(edge_set.blocked(0, T, T, device=device), torch.finfo(dtype).min)
+    return m[None, None]
+
+
+@contextmanager
+def knockout(lm, layout: TokenLayout, edge_set: EdgeSet, layers: Iterable[int]):
+    """Apply a knockout to every forward (and ``generate``) of ``lm`` inside
+    the block, through the attention registry: under eager or sdpa, in the
+    given layers only. Queries are taken to be the last Q of the K keys (one
+    unpadded sequence per batch row, aligned with ``layout``)."""
+    layers = sorted(set(int(l) for l in layers))
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def fn(base, module, query, key, value, attention_mask, **kwargs):
+        Q, K = query.shape[2], key.shape[2]
+        if (Q, K) not in cache:  # one per forward shape, shared by the layers
+            cache.clear()
+            cache[(Q, K)] = edge_set.blocked(K - Q, K, K, device=query.device)
+        blocked = cache[(Q, K)]
+        if attention_mask is None:  # only if some caller bypassed the registered mask builder
+            attention_mask = causal_mask(K - Q, K, K, query.dtype, query.device)[None, None]
+        attention_mask = attention_mask.masked_fill(blocked, torch.finfo(attention_mask.dtype).min)
+        return base(module, query, key, value, attention_mask, **kwargs)
+
+    with attention_overrides(lm, {l: fn for l in layers}):
+        yield
+
+
+# ---------------------------------------------------------------- the runner
+class _Stop(Exception):
+    """Raised from hooks to end a forward early: at layer 0 of the clean run
+    (the layers are then run here), or in a layer's cache update when only
+    its keys and values are wanted (attention and MLP skipped)."""
+
+
+class _SuffixCache:
+    """What a decoder layer's attention sees as its cache, for one layer and B
+    conditions: the clean run's keys/values of positions < q0 (shared, [1, H_kv,
+    q0, hd]; None when q0 = 0) followed by the recomputed ones of positions
+    q0.. (per condition), to which each ``update`` appends a chunk. With
+    ``capture`` set, ``update`` stores and stops the layer (``_Stop``)."""
+
+    def __init__(self, keys: torch.Tensor | None, values: torch.Tensor | None, batch: int):
+        self.pk, self.pv, self.b = keys, values, batch
+        self.k = self.v = None
+        self.capture = False
+
+    def update(self, keys, values, layer_idx=None, *args, **kwargs):
+        self.k = keys if self.k is None else torch.cat([self.k, keys], 2)
+        self.v = values if self.v is None else torch.cat([self.v, values], 2)
+        if self.capture:
+            raise _Stop
+        if self.pk is None:
+            return self.k, self.v
+        exp = (self.b, -1, -1, -1)
+        return torch.cat([self.pk.expand(*exp), self.k], 2), torch.cat([self.pv.expand(*exp), self.v], 2)
+
+
+_NONE = EdgeSet("none", ())
+
+
+class KnockoutRunner:
+    """Answer probabilities under many knockouts of one input.
+
+    What cannot change is not computed again. One clean run keeps, for every
+    layer l, its input residual stream h_l [1, T, d] and its keys and values
+    [1, H_kv, T, hd] (after RoPE). A knockout whose first blocked query is q0
+    and whose first layer is l0 leaves every position below l0, and every
+    position < q0 in every layer, as in the clean run. So from layer l0 on
+    only positions q0..last are recomputed, by calling the decoder layers
+    directly with the clean keys/values of 0..q0-1 as a cache prefix
+    (positions after the last one cannot reach the answer).
+
+    More savings, all exact:
+    - the final layer is needed at the last position only: for the other
+      positions only its keys and values are computed (the layer is stopped
+      right after its cache update);
+    - positions go through the layers in chunks of ``chunk`` queries, each
+      against the keys up to its own end (chunked prefill), so most of the
+      causally masked upper triangle of the scores is never computed; the
+      clean run itself is done this way (the model's forward is stopped at
+      layer 0, after the video encoder and the rotary embedding);
+    - conditions with the same q0 share one batch; a condition joins at its
+      first layer (its h_l taken from the clean run), so no layer below its
+      window runs for it; rows with nothing blocked in a layer get the plain
+      causal mask;
+    - the final norm and the unembedding run at the last position only.
+
+    lm:     a ``tracing.registry.LoadedModel`` (eager or sdpa: the layers run
+            the model's own attention implementation).
+    inputs: ``build_inputs`` kwargs, batch 1.
+    layout: its ``TokenLayout``.
+    max_batch: conditions per batch.
+    chunk:  queries per chunk (None: all at once).
+    max_scores: cap on one batch's attention scores (B x heads x chunk x T
+            elements); default 2**21 on CPU, where larger temporaries cost
+            page faults more than batching saves, and 2**28 elsewhere.
+    """
+
+    def __init__(self, lm, inputs: dict, layout: TokenLayout, max_batch: int = 16, chunk: int | None = 128,
+                 max_scores: int | None = None):
+        T = inputs["input_ids"].shape[1]
+        if inputs["input_ids"].shape[0] != 1:
+            raise ValueError(f"inputs: batch size must be 1, got {inputs['input_ids'].shape[0]}")
+        if T != layout.n_tokens:
+            raise ValueError(f"inputs have {T} tokens but layout has {layout.n_tokens}")
+        if max_batch < 1 or (chunk is not None and chunk < 1):
+            raise ValueError(f"max_batch ({max_batch}) and chunk ({chunk}) must be >= 1")
+        types = set(getattr(lm.text_config, "layer_types", None) or ["full_attention"])
+        if types != {"full_attention"}:
+            raise NotImplementedError(f"KnockoutRunner: layer types {sorted(types)}: only full attention is supported")
+        self.lm, self.inputs, self.layout, self.T = lm, inputs, layout, T
+        self.end = layout.last + 1  # positions after the last one cannot reach the answer
+        self.max_batch, self.chunk = max_batch, chunk
+        self.max_scores = max_scores or (2**21 if lm.device.type == "cpu" else 2**28)
+        self.last_stats: dict = {}
+        self._clean_pass()
+
+    # -- the clean run -------------------------------------------------------
+    @torch.no_grad()
+    def _clean_pass(self):
+        lm = self.lm
+        lang = lm.module(lm.family.layers.rsplit(".", 1)[0])
+        seen: dict = {}
+
+        def grab_lang(mod, args, kwargs):
+            seen["lang"] = dict(kwargs)
+
+        def grab_layer(mod, args, kwargs):
+            seen["h"] = args[0] if args else kwargs["hidden_states"]
+            seen["layer"] = dict(kwargs)
+            raise _Stop  # the layers are run below, chunk by chunk
+
+        hooks = [lang.register_forward_pre_hook(grab_lang, with_kwargs=True),
+                 lm.layers[0].register_forward_pre_hook(grab_layer, with_kwargs=True)]
+        try:
+            lm.model(**self.inputs, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        if "layer" not in seen:
+            raise RuntimeError(f"{lm.name}: the forward never reached decoder layer 0")
+        # What every layer receives (the same in all layers): rotary cos/sin
+        # [.., T, hd] (M-RoPE already applied on Qwen2-VL) and the position ids.
+        self.rope = seen["layer"]["position_embeddings"]
+        self.position_ids = seen["layer"].get("position_ids")
+        self.dtype = seen["h"].dtype
+        self._lang_kwargs = {k: seen["lang"].get(k) for k in ("attention_mask", "position_ids")}
+        self._lang_kwargs["inputs_embeds"] = seen["h"]
+        self.hidden = [seen["h"]]  # input of layer l, [1, last + 1, d]; filled by the pass below
+        self.keys = self.values = None
+        self.clean_logits = self._layers(0, [Knockout(_NONE, (0,))], {"token_layers": 0}, record=True)[0]
+
+    def _probs(self, logits: torch.Tensor, token_ids) -> torch.Tensor:
+        p = torch.softmax(logits.float(), -1)
+        return p if token_ids is None else p[..., list(token_ids)]
+
+    def clean(self, token_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """Full-vocabulary probabilities [n] of the option letters (or of
+        ``token_ids``) at the last position, no knockout."""
+        return self._probs(self.clean_logits, self.layout.option_ids if token_ids is None else token_ids)
+
+    # -- the fast path -------------------------------------------------------
+    def run(self, conditions, token_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """conditions: list of ``Knockout`` or (EdgeSet, layers).
+        -> full-vocabulary probabilities [n_conditions, n_options] of the
+        option letters (or [n_conditions, len(token_ids)]), in order."""
+        return self._probs(self.logits(conditions), self.layout.option_ids if token_ids is None else token_ids)
+
+    @torch.no_grad()
+    def logits(self, conditions) -> torch.Tensor:
+        """Last-position logits [n_conditions, V] under each knockout.
+        ``last_stats`` then holds the token-layers recomputed, the minimum
+        the knockouts require (sum of (last + 1 - q0) x (L - l0)) and the
+        naive count (T x L per condition)."""
+        conds = [Knockout.of(c) for c in conditions]
+        L, end = self.lm.n_layers, self.end
+        for c in conds:
+            if c.layers and not 0 <= c.layers[0] <= c.layers[-1] < L:
+                raise ValueError(f"condition {c.edges.name!r}: layers {list(c.layers)} outside [0, {L})")
+        out = self.clean_logits.expand(len(conds), -1).clone()
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(conds):
+            q0 = c.edges.first_query(end)
+            if c.layers and q0 is not None:  # otherwise the answer cannot change: the clean logits
+                groups.setdefault(q0, []).append(i)
+        stats = {"token_layers": 0, "minimum": 0, "naive": len(conds) * self.T * L}
+        for q0, idx in groups.items():
+            idx.sort(key=lambda i: conds[i].layers[0])
+            stats["minimum"] += sum((end - q0) * (L - conds[i].layers[0]) for i in idx)
+            scores = self.lm.text_config.num_attention_heads * min(self.chunk or end, end - q0) * end
+            size = max(1, min(self.max_batch, self.max_scores // scores))
+            for b in range(0, len(idx), size):
+                part = idx[b : b + size]
+                out[part] = self._layers(q0, [conds[i] for i in part], stats)
+        self.last_stats = stats
+        return out
+
+    def _layers(self, q0: int, conds: list[Knockout], stats: dict, record: bool = False) -> torch.Tensor:
+        """Positions q0..last through the layers from the first condition's
+        first layer on, each condition joining at its own first layer.
+        conds: sorted by first layer, all with first blocked query >= q0.
+        record: keep every layer's input and keys/values (the clean run).
+        -> last-position logits [B, V]."""
+        lm, L, end = self.lm, self.lm.n_layers, self.end
+        dev, fmin = self.hidden[0].device, torch.finfo(self.dtype).min
+        first = conds[0].layers[0]
+        rows = [sum(c.layers[0] <= l for c in conds) for l in range(L)]  # batch rows at layer l
+        active = torch.tensor([[l in c.layers and c.edges.first_query(end) is not None for l in range(L)]
+                               for c in conds], device=dev)  # [B, L]
+        caches = [None] * first + [_SuffixCache(None if q0 == 0 else self.keys[l][:, :, :q0],
+                                                None if q0 == 0 else self.values[l][:, :, :q0], rows[l])
+                                   for l in range(first, L)]
+        inputs = [[] for _ in range(L)]
+        step = self.chunk or end - q0
+        for a in range(q0, end, step):
+            b = min(a + step, end)
+            rope = tuple(x[..., a:b, :] for x in self.rope)
+            pos = None if self.position_ids is None else self.position_ids[..., a:b]
+            causal = causal_mask(a, b, b, self.dtype, dev)[None, None]  # [1, 1, b-a, b]: keys up to the chunk's end
+            cut = None  # every condition's knockout mask for this chunk, built when first needed
+            h = self.hidden[first][:, a:b].expand(rows[first], -1, -1)
+            for l in range(first, L):
+                if h.shape[0] < rows[l]:  # conditions whose window starts here join
+                    h = torch.cat([h, self.hidden[l][:, a:b].expand(rows[l] - h.shape[0], -1, -1)])
+                if record:
+                    inputs[l].append(h)
+                B, act = rows[l], active[: rows[l], l]
+                if not act.any():  # nothing blocked in this layer: the plain causal mask, shared
+                    mask = causal
+                else:
+                    if cut is None:
+                        blocked = torch.stack([c.edges.blocked(a, b, b, device=dev) for c in conds])[:, None]
+                        cut = causal.expand(len(conds), 1, -1, -1).masked_fill(blocked, fmin)
+                    mask = cut[:B] if act.all() else torch.where(act[:, None, None, None], cut[:B], causal)
+                kw = dict(position_embeddings=rope, position_ids=pos, past_key_values=caches[l], use_cache=True)
+                stats["token_layers"] += B * (b - a)
+                if l < L - 1:
+                    h = _call(lm.layers[l], h, mask, kw)
+                    continue
+                # The final layer: only the last position's output is used;
+                # the others need only their keys and values (for it to read).
+                n_kv = b - a - (1 if b == end else 0)
+                if n_kv:
+                    caches[l].capture = True
+                    try:
+                        _call(lm.layers[l], h[:, :n_kv], mask[..., :n_kv, :], _rows(kw, 0, n_kv))
+                    except _Stop:
+                        pass
+                    caches[l].capture = False
+                if b == end:
+                    h = _call(lm.layers[l], h[:, n_kv:], mask[..., n_kv:, :], _rows(kw, n_kv, n_kv + 1))
+        if record:
+            self.hidden = [torch.cat(x, 1) for x in inputs]
+            self.keys = [c.k for c in caches]
+            self.values = [c.v for c in caches]
+        x = lm.module(lm.family.final_norm)(h[:, -1])
+        return lm.module(lm.family.unembed)(x).float()
+
+    # -- the paper's method --------------------------------------------------
+    @torch.no_grad()
+    def naive_run(self, conditions, token_ids: Sequence[int] | None = None, reencode: bool = True) -> torch.Tensor:
+        """As the paper's code: one full forward of the model per condition,
+        the selected layers patched to use a knockout mask repeated per head
+        ([1, H, T, T]). reencode=False reuses the clean run's video features
+        and runs only the language model. -> probabilities as ``run``."""
+        lm, T = self.lm, self.T
+        lang = lm.module(lm.family.layers.rsplit(".", 1)[0])
+        H = lm.text_config.num_attention_heads
+        rows = []
+        for c in map(Knockout.of, conditions):
+            mask = knockout_mask(self.layout, c.edges, T, self.dtype, self.hidden[0].device).repeat(1, H, 1, 1)
+
+            def patch(mod, args, kwargs):
+                kwargs["attention_mask"] = mask
+                return args, kwargs
+
+            hooks = [lm.layers[l].register_forward_pre_hook(patch, with_kwargs=True) for l in c.layers]
+            try:
+                if reencode:
+                    logits = lm.model(**self.inputs, use_cache=False).logits[0, self.layout.last]
+                else:  # the language model's output is already final-normed
+                    h = lang(**self._lang_kwargs, use_cache=False).last_hidden_state[0, self.layout.last]
+                    logits = lm.module(lm.family.unembed)(h)
+            finally:
+                for hk in hooks:
+                    hk.remove()
+            rows.append(logits.float())
+        return self._probs(torch.stack(rows), self.layout.option_ids if token_ids is None else token_ids)
+
+
+def _call(layer, h, mask, kw):
+    out = layer(h, attention_mask=mask, **kw)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _rows(kw: dict, i: int, j: int) -> dict:
+    """Rows i..j of a chunk's per-position layer arguments."""
+    out = dict(kw)
+    out["position_embeddings"] = tuple(x[..., i:j, :] for x in kw["position_embeddings"])
+    if kw["position_ids"] is not None:
+        out["position_ids"] = kw["position_ids"][..., i:j]
+    return out
