@@ -76,7 +76,10 @@ def capture(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, posit
     """
     names = expand(lm, hooks, layers)
     points = [resolve(lm, n) for n in names]
-    nm = NNsight(lm.model)
+    # One wrapper per model: building it walks the module tree every time.
+    nm = lm.__dict__.get("_nnsight")
+    if nm is None:
+        nm = lm.__dict__["_nnsight"] = NNsight(lm.model)
     saved = []
     with torch.no_grad(), nm.trace(**inputs):
         # Requested in execution order (nnsight raises OutOfOrderError otherwise);
@@ -126,26 +129,27 @@ def capture_dataset(lm, samples, hooks, out, positions: str = "all", layers=None
 
     names = expand(lm, hooks, layers)
     points = {n: resolve(lm, n) for n in names}
-    # Layouts first (cheap: no forward) so every hook's largest shape is known up front.
+    # Layouts first (no forward) so every hook's largest shape is known up front;
+    # only the layouts are kept, so memory does not grow with the sample count.
     prepared, skipped = [], []
     for s in samples:
         try:
-            prepared.append((s, *build_sample_inputs(lm, s)))
+            prepared.append((s, build_sample_inputs(lm, s)[1]))
         except ValueError as e:
             skipped.append((s.id, str(e)))
     if not prepared:
         raise ValueError(f"no sample could be prepared; first problem: {skipped[:1]}")
-    biggest = max(prepared, key=lambda x: x[2].n_tokens)
-    probe = capture(lm, biggest[1], biggest[2], names, positions)
-    spec = {n: (_shape_bound(tuple(v.shape), biggest[2], positions, points[n], biggest[2]),
+    biggest = max(prepared, key=lambda x: x[1].n_tokens)
+    probe = capture(lm, *build_sample_inputs(lm, biggest[0]), names, positions)
+    spec = {n: (_shape_bound(tuple(v.shape), biggest[1], positions, points[n], biggest[1]),
                 "float16" if float16 else "float32") for n, v in probe.items()}
     metas = [SampleMeta(s.id, s.task, int(s.answer), int(s.answer), {"options": s.options, "question": s.question})
-             for s, _, _ in prepared]
+             for s, _ in prepared]
     cfg = {"hooks": names, "positions": positions, **(config or {})}
     with CacheWriter.open(out, lm.name, lm.fingerprint, dataset, cfg, metas, hooks=spec, float16=float16) as w:
         todo = w.pending()
         for i in tqdm(todo, desc=f"capture -> {out}", unit="sample", disable=not progress):
-            s, inputs, layout = prepared[i]
+            inputs, layout = build_sample_inputs(lm, prepared[i][0])
             acts = capture(lm, inputs, layout, names, positions)
             w.write_sample(i, {k: v.float().cpu().numpy() for k, v in acts.items()}, layout.to_dict())
     return skipped
