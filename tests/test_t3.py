@@ -1,0 +1,309 @@
+"""The T3 diagnostic (analyses/t3.py): data, probing logic, an end-to-end run
+on a tiny model with its figures and notebook, and, on the organism, that
+temporal order is unreadable from one frame's projector tokens but readable
+from the frames concatenated (the encoder sees one frame at a time)."""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from analyses import t3
+from probes.linear import SklearnProbe
+from tasks.synthetic import COLORS, caption_prompt, render
+from tracing.capture import capture
+from tracing.inputs import build_sample_inputs
+from tracing.registry import ORGANISM_DIR, load_model
+from tracing.scoring import score
+from tracing.store import CacheReader
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+TINY = "tiny-llava-next"
+# The tiny run: two tasks, one with a fixed question and one whose question
+# varies (one video-position probe per question), 3 frames to keep it quick.
+TINY_TASKS, TINY_N, TINY_FRAMES = ["order", "when"], 12, 3
+
+
+# ---------------------------------------------------------------- data
+
+def test_samples_balance_questions_and_answers_and_shift_the_test_split():
+    data = t3.t3_dataset(["referring", "order3"], 24, seed=3, n_frames=6, train_shape="square",
+                         test_shape="circle", test_background="white")
+    train = [s for s in data if s.meta["split"] == "train"]
+    test = [s for s in data if s.meta["split"] == "test"]
+    assert len(train) == len(test) == 48
+    ref = [s for s in train if s.task == "referring"]
+    # 3 segments x 4 colours, each (question, answer) pair twice
+    assert Counter((s.question, s.answer) for s in ref) == {k: 2 for k in
+                                                             {(s.question, s.answer) for s in ref}}
+    assert len({s.question for s in ref}) == 3
+    assert Counter(s.answer for s in train if s.task == "order3") == {i: 4 for i in range(6)}
+    # the answer really is what the frames show: the asked segment's colour
+    s = ref[5]
+    seg = {"at the beginning": 0, "in the middle": 1, "at the end": 2}[s.question.split("appears ")[1][:-1]]
+    assert s.latents["sequence"][seg] == s.options[s.answer]
+    # the shift: every object of a split has its shape, the test background is white
+    for split, shape in ((train, "square"), (test, "circle")):
+        assert {o["shape"] for x in split for f in x.latents["objects"] for o in f} == {shape}
+    assert {tuple(s.frames[0, 0, 0]) for s in test} == {(255, 255, 255)}
+    assert {tuple(s.frames[0, 0, 0]) for s in train} == {(0, 0, 0)}
+    ids = [s.id for s in data]
+    assert len(set(ids)) == len(ids) and ids[0].startswith("train:referring-") and test[0].id.startswith("test:")
+    with pytest.raises(ValueError, match="unknown T3 task 'direction'"):
+        t3.t3_samples(["direction"], 2)
+    with pytest.raises(ValueError, match="unknown shape 'triangle'"):
+        t3.t3_samples(["order"], 2, shape="triangle")
+
+
+def test_frame_views():
+    X = np.arange(2 * 3 * 4, dtype=float).reshape(2, 3, 4)  # [N, frames, d]
+    c = t3.frame_view(X, "concat")
+    assert c.shape == (2, 12) and np.array_equal(c[1, 4:8], X[1, 1])  # frame order kept
+    assert np.array_equal(t3.frame_view(X, "mean"), X.mean(1))
+    assert np.array_equal(t3.frame_view(X, "frame:2"), X[:, 2])
+    r = t3.frame_view(X, "random_frame", seed=1)
+    assert all(any(np.array_equal(r[n], X[n, t]) for t in range(3)) for n in range(2))
+    with pytest.raises(ValueError, match="unknown frame view 'first'"):
+        t3.frame_view(X, "first")
+
+
+def test_probe_accuracy_fits_one_probe_per_question():
+    # Two latent bits a, b in the features; the question (group) asks for a or for b.
+    # One probe per question reads it; one probe over both questions cannot.
+    rng = np.random.default_rng(0)
+    n = 400
+    a, b, g = rng.integers(2, size=n), rng.integers(2, size=n), np.arange(n) % 2
+    X = np.c_[a, b].astype(float) * 2 - 1 + 0.1 * rng.normal(size=(n, 2))
+    y = np.where(g == 0, a, b)
+    train = np.arange(n) < n // 2
+    per_q = t3.probe_accuracy(X, y, train, ~train, groups=g, seeds=(0, 1))
+    pooled = t3.probe_accuracy(X, y, train, ~train, groups=None, seeds=(0, 1))
+    assert per_q.shape == pooled.shape == (2, 1)
+    assert per_q.min() == 1.0
+    assert pooled.max() < 0.85
+    # per-group accuracy is weighted by the group's test count: check against a direct fit
+    ref = []
+    for q in (0, 1):
+        tr, te = train & (g == q), ~train & (g == q)
+        ref.append(SklearnProbe(seed=0).fit(X[tr], y[tr]).predict(X[te])[0] == y[te])
+    assert per_q[0, 0] == pytest.approx(np.concatenate(ref).mean())
+    with pytest.raises(ValueError, match="probe p1 .*one class"):
+        t3.probe_accuracy(X, np.where(train, 0, y), train, ~train, what="p1")
+
+
+# ---------------------------------------------------------------- tiny end to end
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("t3") / "t3-tiny.h5"
+    res = t3.main(["--model", TINY, "--tasks", ",".join(TINY_TASKS), "--samples", str(TINY_N),
+                   "--frames", str(TINY_FRAMES), "--C", "1.0", "--probe-seeds", "1", "--no-progress",
+                   "--out", str(out)])
+    return res, out
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(TINY)
+
+
+def test_tiny_run_writes_results_cache_and_figures(tiny_run, tiny):
+    res, out = tiny_run
+    L = tiny.n_layers
+    assert res.tasks == TINY_TASKS and res.stages == ["vision", "projector", *[f"layer {l}" for l in range(L)]]
+    assert res.probe_frames.shape == res.probe_last.shape == (2, 1, 2 + L)
+    assert np.isfinite(res.probe_frames).all()
+    assert np.isnan(res.probe_last[:, :, :2]).all() and np.isfinite(res.probe_last[:, :, 2:]).all()
+    assert res.chance.tolist() == [1 / 4, 1 / 3] and res.n_test.tolist() == [TINY_N, TINY_N]
+    figs = out.with_name(out.stem + "_figures")
+    for stem in ("t3_layers", "t3_aspects"):
+        for ext in (".png", ".pdf"):
+            assert (figs / (stem + ext)).stat().st_size > 1000
+    # the file holds what the run returned
+    back = t3.load_results(out)
+    for name in ("probe_frames", "probe_last", "video_acc", "text_acc", "chance", "n_test"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(res, name))
+    assert back.tasks == res.tasks and back.stages == res.stages and back.config["test_shape"] == "circle"
+    assert set(back.aspects()) == {"order", "grounding"}
+
+
+def test_tiny_run_model_accuracies_match_a_direct_scoring(tiny_run, tiny):
+    res, out = tiny_run
+    samples = t3.t3_dataset(TINY_TASKS, TINY_N, 0, TINY_FRAMES, 32)
+    test = [s for s in samples if s.meta["split"] == "test"]
+    r = CacheReader(out)
+    index, _ = r.result("t3/test_index")
+    assert [r.samples["id"][i] for i in index] == [s.id for s in test]
+    answers = np.array([s.answer for s in test])
+    for form, ctx in (("video", lambda s: None), ("text", caption_prompt)):
+        sc = score(tiny, [build_sample_inputs(tiny, s, context=ctx(s)) for s in test], batch_size=len(test))
+        pred, _ = r.result(f"t3/{form}_pred")
+        assert np.array_equal(pred, sc.pred)
+        acc = getattr(res, f"{form}_acc")
+        for i, task in enumerate(TINY_TASKS):
+            mask = np.array([s.task == task for s in test])
+            assert acc[i] == pytest.approx((sc.pred[mask] == answers[mask]).mean())
+
+
+def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
+    res, out = tiny_run
+    r = CacheReader(out.with_suffix(".acts.h5"))
+    samples = t3.t3_dataset(TINY_TASKS, TINY_N, 0, TINY_FRAMES, 32)
+    # cached views equal a direct capture at those positions
+    s = samples[3]
+    inputs, layout = build_sample_inputs(tiny, s)
+    fm = capture(tiny, inputs, layout, ["projector.hook_out", "blocks.2.hook_resid_post"], "frame_mean")
+    last = capture(tiny, inputs, layout, ["blocks.2.hook_resid_post"], "last")
+    np.testing.assert_allclose(r.acts(t3.key("projector.hook_out", "frame_mean"), [3])[0],
+                               fm["projector.hook_out"].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.acts(t3.key("blocks.2.hook_resid_post", "frame_mean"), [3])[0],
+                               fm["blocks.2.hook_resid_post"].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r.acts(t3.key("blocks.2.hook_resid_post", "last"), [3])[0],
+                               last["blocks.2.hook_resid_post"].numpy(), rtol=1e-5, atol=1e-6)
+    assert r.acts(t3.key("vision.hook_out", "frame_mean")).shape[:2] == (len(samples), TINY_FRAMES)
+
+    # probe numbers refitted by hand from the cache (the run's default estimator):
+    # the projector stage of 'when' (one probe per asked colour) and layer 3 at
+    # the last position of 'order'
+    task = np.array([x.task for x in samples])
+    train = np.array([x.meta["split"] == "train" for x in samples])
+    y = np.array([x.answer for x in samples])
+    q = np.array([x.question for x in samples])
+    proj = r.acts(t3.key("projector.hook_out", "frame_mean")).reshape(len(samples), -1)
+    ok = []
+    for question in sorted(set(q[task == "when"])):
+        tr, te = (task == "when") & (q == question) & train, (task == "when") & (q == question) & ~train
+        ok.append(SklearnProbe(C=1.0).fit(proj[tr], y[tr]).predict(proj[te])[0] == y[te])
+    assert res.probe_frames[1, 0, 1] == pytest.approx(np.concatenate(ok).mean())
+    h = r.acts(t3.key("blocks.3.hook_resid_post", "last"))
+    tr, te = (task == "order") & train, (task == "order") & ~train
+    acc = SklearnProbe(C=1.0).fit(h[tr], y[tr]).score(h[te], y[te])[0]
+    assert res.probe_last[0, 0, 2 + 3] == pytest.approx(acc)
+
+
+def _kernel(tmp_path, monkeypatch) -> str:
+    """A kernelspec for this interpreter in a temporary Jupyter path, so that
+    the notebook runs in a fresh clone with only .venv (no installed kernels)."""
+    name = "chronolens-test"
+    d = tmp_path / "jupyter" / "kernels" / name
+    d.mkdir(parents=True)
+    (d / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "chronolens (test)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return name
+
+
+def test_notebook_redraws_from_the_file(tiny_run, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    res, out = tiny_run
+    monkeypatch.setenv("CHRONOLENS_T3_H5", str(out))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = nbformat.read(ROOT / "notebooks" / "t3.ipynb", as_version=4)
+    NotebookClient(nb, kernel_name=_kernel(tmp_path, monkeypatch), timeout=300,
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2
+    text = "".join(o.get("text", "") for o in outputs)
+    assert res.table() in text and str(out) in text
+    assert "grounding" in text and "order" in text
+
+
+def test_cli_help_and_bad_arguments(capsys):
+    ap = t3.build_parser()
+    helptext = ap.format_help()
+    for flag in ("--samples", "--train-background", "--test-shape", "--probe-seeds", "--C", "--probe", "--cache",
+                 "--figures"):
+        assert flag in helptext
+    for act in ap._actions:  # every visible flag says what it does
+        if act.option_strings and act.help != "==SUPPRESS==":
+            assert act.help, act.option_strings
+    with pytest.raises(SystemExit):
+        t3.main(["--model", TINY, "--tasks", "order,direction"])
+    assert "unknown T3 task(s) ['direction']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        t3.main(["--model", TINY, "--limit", "5"])
+    assert "use --tasks and --samples" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown probe 'lstm'"):
+        t3.probe_factory(kind="lstm")
+
+
+# ---------------------------------------------------------------- the architecture
+
+def _frame_independence(lm, frames: int):
+    """The projector output of frame i depends on frame i only; the LLM's
+    residual stream at frame i's positions depends on earlier frames too."""
+    s = render("order", 7, frames, 32)
+    changed = s.frames.copy()
+    changed[0] = 255 - changed[0]  # another first frame
+    last = f"blocks.{lm.n_layers - 1}.hook_resid_post"
+    a, b = (t3.sample_features(lm, replace(s, frames=f), ["projector.hook_out", last]) for f in (s.frames, changed))
+    pa, pb = a[t3.key("projector.hook_out", "frame_mean")], b[t3.key("projector.hook_out", "frame_mean")]
+    assert not np.allclose(pa[0], pb[0])
+    np.testing.assert_allclose(pa[1:], pb[1:], rtol=1e-4, atol=1e-5)
+    la, lb = a[t3.key(last, "frame_mean")], b[t3.key(last, "frame_mean")]
+    assert np.abs(la[-1] - lb[-1]).max() > 1e-3
+
+
+def test_tiny_projector_sees_one_frame_at_a_time(tiny):
+    _frame_independence(tiny, 4)
+
+
+organism_ready = pytest.mark.skipif(
+    not (ORGANISM_DIR / "config.json").exists(),
+    reason=f"no organism checkpoint at {ORGANISM_DIR} yet (python -m organism.train writes it)")
+
+
+def _binary_order(n: int, seed: int):
+    """Order of two events, always red and green: which came first (label 0 = red).
+    Both colours' runs, shapes and places are drawn alike, so a frame taken
+    alone, without its index, says nothing about the order."""
+    out = []
+    for i in range(n):
+        first, second = ("red", "green") if i % 2 == 0 else ("green", "red")
+        out.append(render("order", seed * 100_003 + i, 8, 32, "black", answer=COLORS.index(first),
+                          colors=[first, second]))
+    return out
+
+
+@organism_ready
+def test_organism_order_unreadable_from_one_frame_readable_from_concatenated_frames():
+    lm = load_model("organism")
+    _frame_independence(lm, 8)
+    n = 120
+    samples = _binary_order(n, 1) + _binary_order(n, 2)  # train, test: other clips
+    final = f"blocks.{lm.n_layers - 1}.hook_resid_post"
+    hooks = ["projector.hook_out", final]
+    feats = [t3.sample_features(lm, s, hooks) for s in samples]
+    proj = np.stack([f[t3.key("projector.hook_out", "frame_mean")] for f in feats])  # [2n, 8, d]
+    llm = np.stack([f[t3.key(final, "frame_mean")] for f in feats])
+    y = np.array([int(s.answer != COLORS.index("red")) for s in samples])
+    train = np.arange(2 * n) < n
+    T = proj.shape[1]
+
+    def acc(X, y, train):  # a fixed penalty: cross-validating C would cost 19 fits per probe
+        return float(t3.probe_accuracy(X, y, train, ~train, factory=t3.probe_factory(C=1.0), seeds=(0,))[0, 0])
+
+    concat = acc(t3.frame_view(proj), y, train)
+    # one frame: every frame of every clip as its own sample, its index not given
+    single = acc(proj.reshape(-1, proj.shape[-1]), np.repeat(y, T), np.repeat(train, T))
+    bag = acc(t3.frame_view(proj, "mean"), y, train)  # any order-blind pooling of frames
+    # inside the LLM, causal attention lets the last frame's tokens see the whole clip
+    llm_last_frame = acc(t3.frame_view(llm, f"frame:{T - 1}"), y, train)
+    print(f"organism binary order: projector concat {concat:.3f}, one frame {single:.3f}, "
+          f"frames averaged {bag:.3f}; final layer, last frame {llm_last_frame:.3f}")
+    assert concat >= 0.85
+    assert 0.42 <= single <= 0.58
+    assert bag <= 0.65
+    assert llm_last_frame >= 0.75
