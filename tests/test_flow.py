@@ -116,15 +116,7 @@ def test_cli_help_explains_every_flag():
             assert act.help, act.option_strings
 
 
-def _kernel(tmp_path, monkeypatch) -> str:
-    name = "chronolens-test"
-    d = tmp_path / "jupyter" / "kernels" / name
-    d.mkdir(parents=True)
-    (d / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "chronolens (test)", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    return name
+from _notebooks import jupyter_kernel as _kernel  # noqa: E402
 
 
 @pytest.mark.skipif(not (ROOT / "notebooks" / "flow.ipynb").exists(), reason="notebooks/flow.ipynb not written")

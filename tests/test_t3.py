@@ -188,17 +188,7 @@ def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
     assert res.probe_last[0, 0, 2 + 3] == pytest.approx(acc)
 
 
-def _kernel(tmp_path, monkeypatch) -> str:
-    """A kernelspec for this interpreter in a temporary Jupyter path, so that
-    the notebook runs in a fresh clone with only .venv (no installed kernels)."""
-    name = "chronolens-test"
-    d = tmp_path / "jupyter" / "kernels" / name
-    d.mkdir(parents=True)
-    (d / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "chronolens (test)", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    return name
+from _notebooks import jupyter_kernel as _kernel  # noqa: E402
 
 
 def test_notebook_redraws_from_the_file(tiny_run, tmp_path, monkeypatch):

@@ -449,17 +449,7 @@ def test_generation_mode_counts_unparsed_answers(tmp_path):
     assert f"Unparsed generated answers (counted wrong): {int(ab.unparsed.sum())}." in md
 
 
-def _kernel(tmp_path, monkeypatch) -> str:
-    """A kernelspec for this interpreter in a temporary Jupyter path, so that
-    the notebook runs in a fresh clone with only .venv (no installed kernels)."""
-    name = "chronolens-tomato-test"
-    d = tmp_path / "jupyter" / "kernels" / name
-    d.mkdir(parents=True)
-    (d / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "chronolens (test)", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    return name
+from _notebooks import jupyter_kernel as _kernel  # noqa: E402
 
 
 def test_notebook_rebuilds_the_table_and_figures(synthetic_run, tmp_path, monkeypatch):

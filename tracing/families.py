@@ -7,7 +7,7 @@ dotted attribute paths from the ``*ForConditionalGeneration`` (or
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Recipe
 
@@ -121,31 +121,6 @@ FAMILIES: dict[str, Family] = {
         special_tokens=("<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>", "<|im_start|>", "<|im_end|>"),
         notes="2 frames per temporal patch; t/2*gh*gw/4 tokens between vision start/end; M-RoPE positions; needs mm_token_type_ids (2 = video).",
     ),
-    "qwen2_5_vl": Family(
-        name="qwen2_5_vl",
-        model_types=("qwen2_5_vl",),
-        model_class="Qwen2_5_VLForConditionalGeneration",
-        layers="model.language_model.layers",
-        embed="model.language_model.embed_tokens",
-        final_norm="model.language_model.norm",
-        unembed="lm_head",
-        rotary="model.language_model.rotary_emb",
-        vision_out=("model.visual.merger", "input"),
-        projector_out=("model.visual.merger", "output"),
-        video_token="<|video_pad|>",
-        video_token_attr="video_token_id",
-        frame_tokens="qwen",
-        recipe_kind="smart_resize",
-        prompt=PromptFormat(
-            system=QWEN_SYSTEM,
-            video_open="<|vision_start|>",
-            video_close="<|vision_end|>",
-            after_video="",
-            trailing=INSTRUCTION + QWEN_ASSISTANT + ANSWER_PREFIX,
-        ),
-        special_tokens=("<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>", "<|im_start|>", "<|im_end|>"),
-        notes="As Qwen2-VL, with window attention in the vision tower and absolute time in M-RoPE (second_per_grid_ts).",
-    ),
     # Text-only LLMs (the T3 text comparison, WAAD/FAI): any *ForCausalLM with a Llama-like stack.
     "causal_lm": Family(
         name="causal_lm",
@@ -160,6 +135,16 @@ FAMILIES: dict[str, Family] = {
         prompt=PromptFormat(system=""),
     ),
 }
+
+
+# Qwen2.5-VL reads and tokenizes video exactly as Qwen2-VL does.
+FAMILIES["qwen2_5_vl"] = replace(
+    FAMILIES["qwen2_vl"],
+    name="qwen2_5_vl",
+    model_types=("qwen2_5_vl",),
+    model_class="Qwen2_5_VLForConditionalGeneration",
+    notes="As Qwen2-VL, with window attention in the vision tower and absolute time in M-RoPE (second_per_grid_ts).",
+)
 
 
 def family_for(model_type: str) -> Family:
