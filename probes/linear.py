@@ -548,7 +548,10 @@ class TorchProbe:
     rows, one pass over the N x N Gram matrix per iteration), or "auto" (dual
     when N < D). precond_rank: rank of the spectral preconditioner (0: none).
     dtype: of the features and the matmuls; parameters, losses and line
-    searches are float64.
+    searches are float64. layer_batch: layers per batch; None: as many as
+    keep the batch's standardised copy (and Gram matrix) under
+    max_batch_bytes. Layers are independent, so batching changes speed and
+    memory only, never the result.
 
     Attributes after fit: classes_ [K], C_ [L], coef_ [L, D, K] and
     intercept_ [L, K] on standardised features (for K == 2 the class-0 column
@@ -558,10 +561,11 @@ class TorchProbe:
 
     def __init__(self, C=None, Cs=DEFAULT_CS, cv: int = 3, max_iter: int = 1000, tol: float = 1e-4,
                  seed: int = 0, device: str = "cpu", dtype=torch.float32, space: str = "auto",
-                 precond_rank: int = 64):
+                 precond_rank: int = 64, layer_batch: int | None = None, max_batch_bytes: float = 2 ** 31):
         self.C, self.Cs, self.cv, self.max_iter, self.tol = C, Cs, cv, max_iter, tol
         self.seed, self.device, self.dtype = seed, device, dtype
         self.space, self.precond_rank = space, precond_rank
+        self.layer_batch, self.max_batch_bytes = layer_batch, max_batch_bytes
 
     def _tensor(self, X):
         return torch.as_tensor(as_layers(X, "X")).to(device=self.device)
@@ -573,10 +577,29 @@ class TorchProbe:
         X = self._tensor(X)
         L, N, D = X.shape
         self.classes_, codes = _labels(y, N)
+        dual = self.space == "dual" or (self.space == "auto" and N < D)
+        if self.C is None:
+            self.Cs_ = _sorted_Cs(self.Cs)
+            folds = cv_folds(codes, self.cv, self.seed)
+        C = None if self.C is None else _C_per_layer(self.C, L)
+        per_layer = (N * D + (N * N if dual else N)) * torch.finfo(self.dtype).bits // 8
+        step = self.layer_batch or max(1, int(self.max_batch_bytes // per_layer))
+        parts = [self._fit_layers(X[s:s + step], codes, dual, folds if C is None else None,
+                                  None if C is None else C[s:s + step])
+                 for s in range(0, L, step)]
+        for name in parts[0]:
+            cat = torch.cat if torch.is_tensor(parts[0][name]) else np.concatenate
+            setattr(self, name, cat([p[name] for p in parts]))
+        return self
+
+    def _fit_layers(self, X, codes, dual, folds, C):
+        """Fit the layers of X [L, N, D] as one batch: with folds, cross-validate
+        over Cs_ first; else use C [L]. Returns the fitted attributes (per layer)."""
+        L, N, D = X.shape
         K = len(self.classes_)
         Kf = K if K > 2 else 1
-        dual = self.space == "dual" or (self.space == "auto" and N < D)
-        Xs, self.mean_, self.scale_, *Xa = _standardise(X, self.dtype, ones=not dual)
+        out = {}
+        Xs, out["mean_"], out["scale_"], *Xa = _standardise(X, self.dtype, ones=not dual)
         del X
         codes_t = torch.as_tensor(codes, device=self.device)
         k = self.precond_rank
@@ -593,50 +616,50 @@ class TorchProbe:
                 return _Primal(Xa[0], codes_t, K, weights, lam, spectrum)
 
         R = 2 * N + 1 if dual else D + 1                            # parameters per logit
-        if self.C is None:
-            theta, ratio = self._cross_validate(make, codes, codes_t, L, Kf, R)
+        if folds is not None:
+            theta, ratio = self._cross_validate(make, folds, codes_t, L, Kf, R, out)
+            C = out["C_"]
         else:
-            self.C_ = _C_per_layer(self.C, L)
+            out["C_"] = C
             theta, ratio = torch.zeros(L, 1, Kf, R, dtype=torch.float64, device=self.device), None
         full = torch.full((1, 1, N), 1.0 / N, dtype=torch.float64, device=self.device)
-        space = make(full, torch.as_tensor(1.0 / (self.C_ * N), device=self.device)[:, None])
+        space = make(full, torch.as_tensor(1.0 / (C * N), device=self.device)[:, None])
         theta, it, _ = _lbfgs(space, theta, self.tol, self.max_iter, ratio)
-        self.n_iter_ = it[:, 0].cpu().numpy()
+        out["n_iter_"] = it[:, 0].cpu().numpy()
         W, b = space.weights(theta, Xs) if dual else space.weights(theta)
         W, b = W[:, 0].transpose(1, 2), b[:, 0]                     # [L, D, Kf], [L, Kf]
         if K == 2:
             W, b = torch.cat([torch.zeros_like(W), W], -1), torch.cat([torch.zeros_like(b), b], -1)
-        self.coef_, self.intercept_ = W.double().cpu().numpy(), b.double().cpu().numpy()
-        return self
+        out["coef_"], out["intercept_"] = W.double().cpu().numpy(), b.double().cpu().numpy()
+        return out
 
-    def _cross_validate(self, make, codes, codes_t, L, Kf, R):
+    def _cross_validate(self, make, folds, codes_t, L, Kf, R, out):
         """Walk the sorted Cs, all (layer, fold) fits per step in one batch, each
-        step warm-started from the last; set Cs_, cv_scores_, n_iter_cv_, C_.
+        step warm-started from the last; put cv_scores_, n_iter_cv_, C_ in out.
         Returns the refit's start (mean of the chosen C's fold solutions
         [L, 1, Kf, R]) and its gradient-ratio estimates."""
-        N = len(codes)
-        self.Cs_ = Cs = _sorted_Cs(self.Cs)
-        folds = cv_folds(codes, self.cv, self.seed)
+        N, Cs = len(codes_t), self.Cs_
         F, nC = len(folds), len(Cs)
         w = torch.zeros(F, N, dtype=torch.float64)                  # problem j = fold j
         for i, (tr, _) in enumerate(folds):
             w[i, tr] = 1.0
         w = w.to(self.device)
         sizes = w.sum(1)
-        self.cv_scores_ = np.empty((L, F, nC))
-        self.n_iter_cv_ = np.empty((L, F, nC), dtype=int)
+        scores = np.empty((L, F, nC))
+        out["n_iter_cv_"] = np.empty((L, F, nC), dtype=int)
         theta = torch.zeros(L, F, Kf, R, dtype=torch.float64, device=self.device)
         ratio, fold_means = None, []
         for c, C in enumerate(Cs):
             space = make((w / sizes[:, None])[None], (1.0 / (C * sizes))[None].expand(L, -1))
             theta, it, ratio = _lbfgs(space, theta, self.tol, self.max_iter, ratio)
-            self.n_iter_cv_[:, :, c] = it.cpu().numpy()
+            out["n_iter_cv_"][:, :, c] = it.cpu().numpy()
             z = space.logits(theta)                                 # [L, F, Kf, N]: held-out rows too
             pred = (z[:, :, 0] > 0).long() if Kf == 1 else z.argmax(2)
             for i, (_, va) in enumerate(folds):
-                self.cv_scores_[:, i, c] = (pred[:, i, va] == codes_t[va]).double().mean(-1).cpu().numpy()
+                scores[:, i, c] = (pred[:, i, va] == codes_t[va]).double().mean(-1).cpu().numpy()
             fold_means.append(theta.mean(1))                        # [L, Kf, R]
-        self.C_, best = select_C(self.cv_scores_, Cs)
+        out["cv_scores_"] = scores
+        out["C_"], best = select_C(scores, Cs)
         start = torch.stack(fold_means, 1)[torch.arange(L), torch.as_tensor(best)][:, None]
         return start, ratio.mean(1, keepdim=True)
 

@@ -101,6 +101,9 @@ def test_batched_layers_equal_separate_fits(space, D):
     X[1] *= 7.0          # layers on different scales, with different difficulty
     X[2] = X[2][:, ::-1]
     both = TorchProbe(space=space, dtype=torch.float64).fit(X, y)
+    in_twos = TorchProbe(space=space, dtype=torch.float64, layer_batch=2).fit(X, y)   # batches [0, 1], [2]
+    np.testing.assert_array_equal(in_twos.cv_scores_, both.cv_scores_)
+    np.testing.assert_allclose(in_twos.coef_, both.coef_, rtol=1e-6, atol=1e-8 * np.abs(both.coef_).max())
     for l in range(3):
         one = TorchProbe(space=space, dtype=torch.float64).fit(X[l], y)
         assert one.C_[0] == both.C_[l]
