@@ -26,7 +26,25 @@ def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     ap.add_argument("--device-map", default=None, help="'auto' spreads a large model over the visible GPUs")
     ap.add_argument("--out", default=None, help="HDF5 output file (default: cache/<analysis>-<model>-<dataset>.h5)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --out written with another configuration (without it such a file is "
+                         "refused, and one of this configuration is resumed)")
+    ap.add_argument("--figures", default=None,
+                    help="folder for the figures, PNG and PDF (default: next to --out, <out stem>_figures)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
+
+
+# Arguments that change how a run is shown or where it goes, not its numbers:
+# left out of the configuration a results file is identified by.
+PRESENTATION = ("out", "overwrite", "figures", "no_progress")
+
+
+def figures_dir(a, out) -> "Path":
+    from pathlib import Path
+
+    out = Path(out)
+    return Path(a.figures) if a.figures else out.with_name(out.stem + "_figures")
 
 
 def load_data(a, n_frames: int | None = None, **kw):
@@ -51,6 +69,6 @@ def default_out(analysis: str, a) -> str:
 
 def run_config(a, **extra) -> dict:
     """The run's configuration as recorded in the output file."""
-    d = {k: v for k, v in vars(a).items() if k not in ("out",)}
+    d = {k: v for k, v in vars(a).items() if k not in PRESENTATION}
     d.update(extra)
     return json.loads(json.dumps(d, default=str))

@@ -329,16 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="which samples enter the flow maps: the correctly answered ones (the paper) or all")
     ap.add_argument("--no-layerwise", action="store_true",
                     help="skip the layer-wise answer probability (one extra forward per sample)")
-    ap.add_argument("--figures", default=None,
-                    help="folder for the figures (default: next to --out, <out stem>_figures)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
 
 def main(argv=None) -> dict:
     import torch
 
-    from analyses.cli import default_out, load_data, load_from_args, run_config
+    from analyses.cli import default_out, figures_dir, load_data, load_from_args, run_config
     from tracing.store import ResultsFile
 
     ap = build_parser()
@@ -347,7 +344,7 @@ def main(argv=None) -> dict:
     if a.window is not None and a.window < 1:
         ap.error(f"--window {a.window}: must be >= 1")
     out = Path(default_out("flow", a))
-    figures = Path(a.figures) if a.figures else out.with_name(out.stem + "_figures")
+    figures = figures_dir(a, out)
     data = load_data(a)
     samples = data.samples
     lm = load_from_args(a)

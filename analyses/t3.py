@@ -517,14 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--float16", action="store_true", help="store cached activations as float16")
     ap.add_argument("--cache", default=None,
                     help="HDF5 activation cache, resumed if it exists; None: --out with .acts.h5")
-    ap.add_argument("--figures", default=None,
-                    help="folder for t3_layers and t3_aspects .png/.pdf; None: --out without .h5, + _figures")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
 
 def main(argv=None) -> T3Result:
-    from analyses.cli import default_out, load_from_args, run_config
+    from analyses.cli import default_out, figures_dir, load_from_args, run_config
     from tracing.store import ResultsFile
 
     ap = build_parser()
@@ -541,7 +538,7 @@ def main(argv=None) -> T3Result:
 
     out = Path(default_out("t3", a))
     cache = Path(a.cache) if a.cache else out.with_suffix(".acts.h5")
-    figures = Path(a.figures) if a.figures else out.with_name(out.stem + "_figures")
+    figures = figures_dir(a, out)
     shape = {"any": None}
     # The results file's identity: what changes the numbers (not paths, batch size or progress bars).
     config = {k: v for k, v in run_config(a).items() if k not in ("no_progress", "figures", "cache", "batch_size")}

@@ -964,7 +964,6 @@ def build_parser():
                     help="synthetic only: frame size in pixels (default 32, the organism's)")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     ap.add_argument("--no-figures", action="store_true", help="write the HDF5 file and the tables only")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's own; 1 avoids oversubscribing a shared machine)")
     return ap
@@ -1033,12 +1032,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: {e}") from None
     out = Path(default_out("tomato", a))
     config = run_config(a, conditions=[asdict(c) for c in plan_conditions(cfg)])
-    for k in ("quiet", "no_figures", "bootstrap", "threads"):  # presentation only: a re-run may change them
+    for k in ("no_figures", "bootstrap", "threads"):  # presentation only: a re-run may change them
         config.pop(k, None)
     _refuse_early(out, lm, a.dataset, config)
     problems: list = []
     try:
-        ab, problems = run_ablation(lm, res.samples, cfg, a.dataset, config, progress=not a.quiet)
+        ab, problems = run_ablation(lm, res.samples, cfg, a.dataset, config, progress=not a.no_progress)
     except NothingRan as e:
         problems = e.problems
         raise SystemExit(f"error: {e}") from None

@@ -333,7 +333,7 @@ def test_tomato_folder_end_to_end(tmp_path, capsys):
     root = build_tomato(tmp_path / "TOMATO")
     out = tmp_path / "tomato.h5"
     T.main(["--model", TINY, "--dataset", "tomato", "--data-dir", str(root), "--frames", "8", "--shuffle-seeds", "2",
-            "--counts", "1,2,4", "--bootstrap", "200", "--quiet", "--out", str(out)])
+            "--counts", "1,2,4", "--bootstrap", "200", "--no-progress", "--out", str(out)])
     err = capsys.readouterr().err
     assert "skipped direction-2" in err and "videos/human/gone.mp4" in err and "does not exist" in err
     assert "skipped direction-3" in err and "videos/human/bad.mp4" in err
@@ -384,7 +384,7 @@ def synthetic_run(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", M.UndefinedMetricWarning)
         T.main(["--model", TINY, "--dataset", "synthetic", "--tasks", "direction,order,static_color", "--limit", "3",
-               "--frames", "8", "--shuffle-seeds", "2", "--bootstrap", "200", "--quiet", "--out", str(out)])
+               "--frames", "8", "--shuffle-seeds", "2", "--bootstrap", "200", "--no-progress", "--out", str(out)])
     return out
 
 
@@ -478,13 +478,13 @@ def test_cli_errors_are_one_line_and_come_before_any_compute(synthetic_run, tmp_
     # The same --out with another configuration: refused before running, naming what differs.
     with pytest.raises(SystemExit, match=r"config.shuffle_seeds: 2 \(in file\) vs 5 \(this run\)"):
         T.main(["--model", TINY, "--dataset", "synthetic", "--tasks", "direction,order,static_color", "--limit", "3",
-                "--frames", "8", "--shuffle-seeds", "5", "--quiet", "--out", str(synthetic_run)])
+                "--frames", "8", "--shuffle-seeds", "5", "--no-progress", "--out", str(synthetic_run)])
     # Every video missing: each is named, then one error line.
     root = tmp_path / "T"
     (root / "data").mkdir(parents=True)
     (root / "data" / "rotation.json").write_text(json.dumps({"0": entry("nowhere"), "1": entry("neither")}))
     with pytest.raises(SystemExit, match="none of the 2 questions"):
-        T.main(["--model", TINY, "--dataset", "tomato", "--data-dir", str(root), "--quiet",
+        T.main(["--model", TINY, "--dataset", "tomato", "--data-dir", str(root), "--no-progress",
                 "--out", str(tmp_path / "x.h5")])
     err = capsys.readouterr().err
     assert "skipped rotation-0" in err and "nowhere.mp4" in err and "skipped rotation-1" in err
