@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from tqdm import tqdm
 
 from tasks.synthetic import GROUNDING_TASKS, STATIC_TASKS, TEMPORAL_TASKS, caption_prompt, render
@@ -55,7 +56,7 @@ EXTRA_TASKS = [t for t in VIDEO_TASKS if t not in CORE_TASKS]
 CURRICULUM_STEPS = 300
 
 
-def pick_task(rng, kind: str, step: int) -> tuple[str, int]:
+def pick_task(rng, kind: str, step: int, weights: dict[str, float] | None = None) -> tuple[str, int]:
     """-> (task, frame count) of one training sample.
 
     The first CURRICULUM_STEPS steps show only single-frame questions (what,
@@ -70,11 +71,12 @@ def pick_task(rng, kind: str, step: int) -> tuple[str, int]:
     if rng.random() < 0.15:
         return str(rng.choice(GROUNDING_TASKS)), 8
     pool = CORE_TASKS + EXTRA_TASKS
-    w = np.array([1.0 if t in CORE_TASKS else 0.5 for t in pool])
+    w = np.array([(weights or {}).get(t, 1.0 if t in CORE_TASKS else 0.5) for t in pool])
     return str(rng.choice(pool, p=w / w.sum())), 8
 
 
-def make_batch(lm, rng: np.random.Generator, kind: str, size: int, step: int, seed_base: int) -> dict:
+def make_batch(lm, rng: np.random.Generator, kind: str, size: int, step: int, seed_base: int,
+               weights: dict[str, float] | None = None) -> dict:
     """One batch of fresh samples. kind: 'video' (8 frames after the
     curriculum), 'frames' (static and grounding at a random frame count),
     'text' (captions). One frame count per batch (videos are stacked)."""
@@ -82,7 +84,7 @@ def make_batch(lm, rng: np.random.Generator, kind: str, size: int, step: int, se
     counts = [1, 2, 4, 16] if kind == "frames" else [1, 2, 4, 8]
     n_frames = int(rng.choice(counts))
     for j in range(size):
-        task, nf = pick_task(rng, kind, step)
+        task, nf = pick_task(rng, kind, step, weights)
         s = render(task, seed_base + j, n_frames=n_frames if nf < 0 else nf)
         tasks.append(task)
         if kind == "text":
@@ -108,25 +110,40 @@ SCHEDULE = ("video", "video", "frames", "video", "video", "text")
 
 
 def train(steps: int, seed: int, out: Path, batch: int = 32, lr: float = 1e-3, warmup: int = 100,
-          log_every: int = 50, threads: int = 2) -> list[dict]:
+          log_every: int = 50, threads: int = 2, resume: Path | None = None,
+          weights: dict[str, float] | None = None) -> list[dict]:
+    """Train from the seeded initialisation, or continue the checkpoint in
+    ``resume`` for ``steps`` more steps (a fresh warm-up and cosine; its
+    samples continue the step count, so none repeats an earlier step's)."""
     torch.set_num_threads(threads)
     tok = build_tokenizer()
-    config = build_config(tok)
-    model = build_model(config, seed)
+    start, history, stages = 0, [], []
+    if resume is not None:
+        model, prev = _load_for_resume(Path(resume), tok)
+        history = prev["log"]
+        # Checkpoints from before resuming existed record one stage with the defaults of then.
+        stages = prev.get("stages") or [{"from_step": 0, "steps": prev["steps"], "lr": 1e-3, "warmup": 100,
+                                          "batch": 32, "seed": prev["seed"], "weights": {}}]
+        start = len(history)
+    else:
+        model = build_model(build_config(tok), seed)
+    stages = stages + [{"from_step": start, "steps": steps, "lr": lr, "warmup": warmup, "batch": batch,
+                        "seed": seed, "weights": weights or {}}]
     model.train()
     lm = wrap(model, tok)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
-    rng = np.random.default_rng(seed)
-    log, t0 = [], time.time()
+    rng = np.random.default_rng(seed + start)
+    log, t0 = list(history), time.time()
     run: dict[str, list[float]] = {}
-    bar = tqdm(range(steps), desc="organism", unit="step")
+    bar = tqdm(range(start, start + steps), desc="organism", unit="step")
     for step in bar:
         kind = SCHEDULE[step % len(SCHEDULE)]
         size = batch // 2 if kind == "text" else batch  # caption prompts are 2-3x longer
-        b = make_batch(lm, rng, kind, size, step, seed_base=(seed * 100_003 + step) * batch % HELD_OUT_SEED)
+        b = make_batch(lm, rng, kind, size, step, seed_base=(seed * 100_003 + step) * batch % HELD_OUT_SEED,
+                       weights=weights)
         loss, correct = loss_on(model, b)
         opt.zero_grad()
         loss.backward()
@@ -136,28 +153,41 @@ def train(steps: int, seed: int, out: Path, batch: int = 32, lr: float = 1e-3, w
         for t, c in zip(b["tasks"], correct.tolist()):
             key = f"text:{t}" if kind == "text" else t
             run.setdefault(key, []).append(float(c))
-        log.append({"step": step, "kind": kind, "loss": float(loss), "acc": float(correct.float().mean())})
+        log.append({"step": step, "kind": kind, "loss": loss.item(), "acc": float(correct.float().mean())})
         if (step + 1) % log_every == 0:
             # Training samples are fresh, so this running accuracy is already out-of-sample.
             recent = {k: round(float(np.mean(v[-40:])), 2) for k, v in sorted(run.items())}
             bar.set_postfix(loss=f"{float(loss):.3f}")
             print(json.dumps({"step": step + 1, "time_s": round(time.time() - t0), **recent}), flush=True)
-        if out is not None and (step + 1) % 500 == 0:
-            save(model, tok, out, log, seed, steps)
+        if out is not None and (step + 1 - start) % 500 == 0:
+            save(model, tok, out, log, seed, step + 1, stages)
     model.eval()
     if out is not None:
-        save(model, tok, out, log, seed, steps)
+        save(model, tok, out, log, seed, start + steps, stages)
     return log
 
 
-def save(model, tok, out: Path, log: list[dict], seed: int, steps: int) -> None:
+def _load_for_resume(folder: Path, tok):
+    """-> (model, the folder's train_log.json) of a checkpoint written by `save`."""
+    log_file = folder / "train_log.json"
+    if not log_file.is_file():
+        raise FileNotFoundError(f"--resume {folder}: no train_log.json there; is it a folder written by organism.train?")
+    prev = json.loads(log_file.read_text())
+    if prev.get("arch") != ARCH:
+        raise ValueError(f"--resume {folder}: its architecture {prev.get('arch')} differs from organism.build.ARCH")
+    model = transformers.LlavaNextVideoForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    return model, prev
+
+
+def save(model, tok, out: Path, log: list[dict], seed: int, steps: int, stages: list[dict] | None = None) -> None:
     # Write beside, then swap in, so an interrupted save never leaves a half checkpoint.
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "train_log.json").write_text(json.dumps({"seed": seed, "steps": steps, "arch": ARCH, "log": log}))
+    (tmp / "train_log.json").write_text(json.dumps({"seed": seed, "steps": steps, "arch": ARCH,
+                                                       "stages": stages or [], "log": log}))
     if out.exists():
         for f in tmp.iterdir():
             f.replace(out / f.name)
@@ -173,9 +203,22 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32, help="samples per step")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay")
     ap.add_argument("--out", type=Path, default=ORGANISM_DIR, help=f"checkpoint folder (default {ORGANISM_DIR})")
+    ap.add_argument("--resume", type=Path, default=None,
+                    help="continue training this checkpoint folder for --steps more steps (fresh optimizer)")
+    ap.add_argument("--weight", action="append", default=[], metavar="TASK=W",
+                    help="sampling weight of a video task after the curriculum (default 1 for issue 3's "
+                         "tasks, 0.5 for the extra T3 tasks); repeatable, e.g. --weight rotation=3")
     a = ap.parse_args(argv)
-    train(a.steps, a.seed, a.out, batch=a.batch, lr=a.lr, threads=a.threads)
+    weights = {}
+    for item in a.weight:
+        task, _, w = item.partition("=")
+        if task not in CORE_TASKS + EXTRA_TASKS or not w:
+            ap.error(f"--weight {item!r}: expected TASK=W with TASK one of {CORE_TASKS + EXTRA_TASKS}")
+        weights[task] = float(w)
+    train(a.steps, a.seed, a.out, batch=a.batch, lr=a.lr, warmup=a.warmup, threads=a.threads,
+          resume=a.resume, weights=weights or None)
     print(f"saved to {a.out}; now run `python -m organism.evaluate` to recompute the model card")
 
 
