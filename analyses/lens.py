@@ -1,0 +1,639 @@
+"""Logit lens on video tokens (Map the Flow, Kim, Kim, Han; ICLR 2026, arXiv
+2510.13251): what vocabulary word does the residual stream at each video token
+look like, layer by layer? The stream is scored against the input-embedding
+matrix, softmax(h @ E^T) with no norm (the paper's readout, 'embed'), and, as
+second readouts, against the unembedding without ('unembed') and with
+('unembed_norm') the final norm. The top-1 token is matched to word lists
+(spatial vs temporal words, ...) and counted in layer bins, row-normalised:
+the paper finds spatial words peak early and temporal words in middle layers.
+
+    python -m analyses.lens --model organism --dataset synthetic --limit 4
+
+    res = lens_analysis(lm, samples, parse_words("synthetic"))  # video_lens + word_counts
+    write_results(rf, res)            # rf: a tracing.store.ResultsFile
+    save_figures(load_results(rf.path), folder)
+
+Layer entries: entry l (0 <= l <= L) is the residual stream after l layers:
+entry l < L is blocks.{l}.hook_resid_pre (entry 0 = what the LLM reads at the
+video positions), entry L is the last layer's output before the final norm.
+Video positions: each frame group (tracing.layout.TokenLayout.frame_groups; on
+Qwen two frames share one group) and its tokens; pool='frame_mean' averages
+each group's tokens before the readout (P = 1). Separators outside the frame
+spans (OneVision's newline) are left out.
+
+Results file (tracing/store.py ResultsFile, rows aligned with /samples; G, P
+padded to the largest sample with id -1 / NaN):
+
+    /results/lens/<readout>/topk_ids     int32 [N, L+1, G, P, k] vocabulary ids, best first
+    /results/lens/<readout>/topk_probs   float32 [N, L+1, G, P, k] their softmax probabilities
+    /results/lens/<readout>/word_counts  int [W, B] top-1 readouts in each word list per layer bin
+    /results/lens/<readout>/word_shares  [W, B] the counts row-normalised (0 for a list without hits)
+    /results/lens/<readout>/word_rates   [W, B] counts / all top-1 readouts of the bin
+    /results/lens/bins                   int [B, 2] first and last layer entry of each bin
+    /results/lens/bin_totals             int [B] top-1 readouts per bin (samples x tokens x entries)
+    /results/lens/n_groups, tokens_per_group, pred   int [N]
+    /results/lens/vocab                  str [V] token string of each id
+    /results/lens/words/<list>           str [n] the words kept (attrs: ids, dropped words)
+
+A vocabulary token matches a list word when it equals it case-insensitively
+once a leading-space marker ('▁', 'Ġ') is stripped; list words no single
+token spells are dropped and reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+READOUTS = ("embed", "unembed", "unembed_norm")
+READOUT_LABELS = {"embed": "input embedding (no norm)", "unembed": "unembedding, no final norm",
+                  "unembed_norm": "unembedding after the final norm"}
+POOLS = ("token", "frame_mean")
+
+# Word lists. On the organism (tasks/synthetic.py): 'spatial' holds where an
+# object is in a frame (the captions' row and column words), 'temporal' what
+# happens across frames (order, events, motion, change; up/down are motion
+# answers only, as the paper also counts them as temporal); 'colour' and
+# 'appearance' are what one frame shows. 'middle' is left out (a row word and a
+# time segment alike). Every word is one token of the organism's vocabulary
+# (no 'before', 'after', 'flashes' there); words missing from another
+# model's vocabulary are dropped with a warning.
+SYNTHETIC_WORDS = {
+    "spatial": ["left", "right", "top", "bottom", "upper", "lower", "centre", "far", "where"],
+    "temporal": ["first", "then", "order", "when", "beginning", "end", "appears", "appear", "flash", "times",
+                 "move", "up", "down", "clockwise", "counterclockwise", "fast", "slow", "brighter", "darker",
+                 "larger", "smaller"],
+    "colour": ["red", "green", "blue", "yellow"],
+    "appearance": ["square", "circle", "object", "small", "medium", "large", "bright", "dim", "dark"],
+    # The caption form numbers the frames ("Frame 1: ... Frame 8: ..."): a video
+    # token reading as its frame's number carries its position in time.
+    "frame_number": [str(i) for i in range(1, 17)],
+}
+# The words PAPERS.md quotes from Map the Flow's lists (their lists are longer).
+PAPER_WORDS = {
+    "spatial": ["bag", "bed", "box", "camera", "person"],
+    "temporal": ["eat", "close", "drink", "hold", "open", "put", "sit", "throw", "take", "up", "down"],
+}
+PRESETS = {"synthetic": SYNTHETIC_WORDS, "paper": PAPER_WORDS}
+
+
+def default_bin_width(n_layers: int) -> int:
+    """5 on a 32-layer model (the paper), scaled to depth: max(1, L // 6)."""
+    return max(1, int(n_layers) // 6)
+
+
+# ---------------------------------------------------------------- readouts
+
+def readout_weights(lm, readout: str):
+    """The vocabulary matrix a readout scores against, in float32 ->
+    (W [V, d], bias [V] or None, norm module or None)."""
+    fam = lm.family
+    if readout == "embed":
+        return lm.module(fam.embed).weight.detach().float(), None, None
+    if readout in ("unembed", "unembed_norm"):
+        head = lm.module(fam.unembed)
+        bias = getattr(head, "bias", None)
+        norm = lm.module(fam.final_norm) if readout == "unembed_norm" else None
+        return head.weight.detach().float(), None if bias is None else bias.detach().float(), norm
+    raise ValueError(f"readout {readout!r}: choose from {', '.join(READOUTS)}")
+
+
+def lens_topk(h, weights, k: int, chunk: int = 256):
+    """Top-k of softmax(norm(h) @ W^T + b) over the full vocabulary.
+
+    h: [..., d] residual stream (model dtype); weights from readout_weights.
+    -> (ids int64 [..., k], probs float32 [..., k]) as torch tensors."""
+    import torch
+
+    W, b, norm = weights
+    flat = h.reshape(-1, h.shape[-1])
+    ids, probs = [], []
+    with torch.no_grad():
+        for r0 in range(0, flat.shape[0], chunk):  # bounds the [rows, V] logits of a large vocabulary
+            x = flat[r0 : r0 + chunk]
+            if norm is not None:
+                x = norm(x.to(next(norm.parameters()).device))
+            logits = x.float().to(W.device) @ W.T
+            if b is not None:
+                logits = logits + b
+            # top-k of the logits, not of the probabilities: far-off tokens underflow to
+            # probability 0 and would tie in an arbitrary order
+            top, i = logits.topk(min(k, W.shape[0]), -1)
+            ids.append(i)
+            probs.append(torch.exp(top - torch.logsumexp(logits, -1, keepdim=True)))
+    shape = (*h.shape[:-1], -1)
+    return torch.cat(ids).reshape(shape), torch.cat(probs).reshape(shape)
+
+
+def sample_lens(lm, inputs: dict, layout, k: int = 5, readouts=("embed",), pool: str = "token",
+                cache: dict | None = None) -> dict:
+    """The lens on one prompt (one forward through tracing.capture).
+
+    -> {'topk_ids': {readout: int [L+1, G, P, k]}, 'topk_probs': {readout:
+    float [L+1, G, P, k]}, 'pred': the option the model answers (final norm +
+    unembedding at the last position)}. G frame groups, P tokens per group
+    (1 with pool='frame_mean'). ``cache`` keeps readout weights between calls."""
+    import torch
+
+    from tracing.capture import capture
+
+    if pool not in POOLS:
+        raise ValueError(f"pool={pool!r}: choose from {', '.join(POOLS)}")
+    if not layout.frames:
+        raise ValueError("the lens on video tokens needs a prompt with video")
+    L = lm.n_layers
+    hooks = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+    acts = capture(lm, inputs, layout, hooks, positions="all")  # {hook: [T, d]}
+    groups, dev = layout.frame_groups, lm.device  # with device_map='auto' layers sit on several devices
+    h = torch.stack([torch.stack([acts[n][s.start : s.end].to(dev) for s in groups]) for n in hooks])  # [L+1,G,P,d]
+    if pool == "frame_mean":
+        h = h.float().mean(2, keepdim=True).to(h.dtype)
+    cache = {} if cache is None else cache
+    out = {"topk_ids": {}, "topk_probs": {}}
+    for r in readouts:
+        if r not in cache:
+            cache[r] = readout_weights(lm, r)
+        i, p = lens_topk(h, cache[r], k)
+        out["topk_ids"][r] = i.cpu().numpy().astype(np.int32)
+        out["topk_probs"][r] = p.cpu().numpy().astype(np.float32)
+    # the model's answer, from the same forward: final norm + unembedding at the last position
+    with torch.no_grad():
+        last = lm.module(lm.family.final_norm)(acts[hooks[-1]][layout.last])
+        if "unembed" not in cache:
+            cache["unembed"] = readout_weights(lm, "unembed")
+        W, b, _ = cache["unembed"]
+        logits = last.float().to(W.device) @ W.T + (0 if b is None else b)
+    out["pred"] = int(logits[list(layout.option_ids)].argmax())
+    return out
+
+
+def video_lens(lm, samples, k: int = 5, readouts=("embed",), pool: str = "token", progress: bool = True) -> dict:
+    """The logit lens at the video tokens of every sample.
+
+    -> dict with (N samples, L layers, G frame groups, P tokens per group,
+    padded to the largest sample with id -1 and probability NaN):
+      topk_ids {readout: int32 [N, L+1, G, P, k]}, topk_probs {readout: float32
+      [N, L+1, G, P, k]}, n_groups [N], tokens_per_group [N], pred [N] (the
+      model's option), label [N], readouts, k, pool, n_layers.
+    Entry l of the layer axis is the residual stream after l layers (see the
+    module docstring)."""
+    from tqdm import tqdm
+
+    from tracing.inputs import build_sample_inputs
+
+    readouts = list(readouts)
+    if not samples:
+        raise ValueError("video_lens: no samples")
+    for r in readouts:
+        if r not in READOUTS:
+            raise ValueError(f"readout {r!r}: choose from {', '.join(READOUTS)}")
+    per, cache = [], {}
+    for s in tqdm(samples, desc="video lens", unit="sample", disable=not progress):
+        inputs, layout = build_sample_inputs(lm, s)
+        per.append(sample_lens(lm, inputs, layout, k, readouts, pool, cache))
+    N, E = len(per), lm.n_layers + 1
+    shapes = [next(iter(x["topk_ids"].values())).shape for x in per]
+    G, P, kk = max(s[1] for s in shapes), max(s[2] for s in shapes), shapes[0][3]
+    ids = {r: np.full((N, E, G, P, kk), -1, np.int32) for r in readouts}
+    probs = {r: np.full((N, E, G, P, kk), np.nan, np.float32) for r in readouts}
+    for i, (x, sh) in enumerate(zip(per, shapes)):
+        for r in readouts:
+            ids[r][i, :, : sh[1], : sh[2]] = x["topk_ids"][r]
+            probs[r][i, :, : sh[1], : sh[2]] = x["topk_probs"][r]
+    return {"topk_ids": ids, "topk_probs": probs, "n_groups": np.array([s[1] for s in shapes]),
+            "tokens_per_group": np.array([s[2] for s in shapes]), "pred": np.array([x["pred"] for x in per]),
+            "label": np.array([int(s.answer) for s in samples]), "readouts": readouts, "k": kk, "pool": pool,
+            "n_layers": lm.n_layers}
+
+
+# ---------------------------------------------------------------- word lists
+
+def _norm_token(t: str | None) -> str | None:
+    """A vocabulary entry as a word: SentencePiece's '▁' and byte-level BPE's
+    'Ġ' (a leading space) stripped, lower case."""
+    if t is None:
+        return None
+    return t.replace("\u2581", " ").replace("\u0120", " ").strip().lower()
+
+
+def vocab_tokens(tokenizer, size: int) -> list[str]:
+    """Token string of every id below ``size`` (the embedding's row count;
+    rows past the tokenizer's vocabulary read as '<id N>')."""
+    toks = tokenizer.convert_ids_to_tokens(list(range(min(size, len(tokenizer)))))
+    toks = [t if t is not None else f"<id {i}>" for i, t in enumerate(toks)]
+    return toks + [f"<id {i}>" for i in range(len(toks), size)]
+
+
+def resolve_words(tokenizer, word_lists: dict[str, list[str]], vocab: list[str] | None = None,
+                  warn: bool = True) -> tuple[dict[str, dict[str, list[int]]], dict[str, list[str]]]:
+    """Words -> the vocabulary ids that spell them as one token.
+
+    A token matches a word when it equals it case-insensitively once a
+    leading-space marker ('▁', 'Ġ') is stripped, so 'left', '▁left' and 'Left'
+    all count as 'left'. Words no single token spells (absent, or split into
+    pieces) are dropped, listed in one UserWarning.
+    -> ({list: {word: [ids]}} for the kept words, {list: [dropped words]})."""
+    vocab = vocab if vocab is not None else vocab_tokens(tokenizer, len(tokenizer))
+    index: dict[str, list[int]] = {}
+    for i, t in enumerate(vocab):
+        w = _norm_token(t)
+        if w:
+            index.setdefault(w, []).append(i)
+    kept, dropped = {}, {}
+    for name, words in word_lists.items():
+        kept[name], dropped[name] = {}, []
+        for w in words:
+            ids = index.get(w.strip().lower())
+            if ids:
+                kept[name][w] = ids
+            else:
+                dropped[name].append(w)
+    if warn and any(dropped.values()):
+        what = "; ".join(f"{n}: {', '.join(d)}" for n, d in dropped.items() if d)
+        warnings.warn(f"word-list words that are not single tokens of this vocabulary were dropped ({what})",
+                      UserWarning, stacklevel=2)
+    return kept, dropped
+
+
+def parse_words(spec: str | dict | None, dataset: str = "synthetic") -> dict[str, list[str]]:
+    """Word lists from a preset name ('synthetic', 'paper'; None or 'auto':
+    'synthetic' on the synthetic dataset, else 'paper'), a spec
+    'spatial=left,right;temporal=first,then', or a JSON file {list: [words]}."""
+    if isinstance(spec, dict):
+        return {str(k): [str(w) for w in v] for k, v in spec.items()}
+    if spec in (None, "", "auto"):
+        spec = "synthetic" if dataset == "synthetic" else "paper"
+    if spec in PRESETS:
+        return {k: list(v) for k, v in PRESETS[spec].items()}
+    if "=" not in spec:
+        p = Path(spec)
+        if not p.is_file():
+            raise ValueError(f"--words {spec!r}: not a preset ({', '.join(PRESETS)}), not 'name=w1,w2;...', "
+                             f"and no such JSON file")
+        d = json.loads(p.read_text())
+        if not isinstance(d, dict) or not all(isinstance(v, list) for v in d.values()):
+            raise ValueError(f"--words {spec}: the JSON file must hold {{list name: [words]}}")
+        return parse_words(d)
+    out: dict[str, list[str]] = {}
+    for part in filter(None, (x.strip() for x in spec.split(";"))):
+        name, _, words = part.partition("=")
+        name = name.strip()
+        if not name or not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+            raise ValueError(f"--words: bad list name {name!r} in {part!r} (letters, digits, _ and - only)")
+        out[name] = [w.strip() for w in words.split(",") if w.strip()]
+    return out
+
+
+def layer_bins(n_entries: int, bin_width: int) -> np.ndarray:
+    """[B, 2] first and last entry (inclusive) of consecutive bins of
+    ``bin_width`` layer entries; the last bin may be shorter."""
+    if bin_width < 1:
+        raise ValueError(f"bin width {bin_width}: must be >= 1")
+    return np.array([(b, min(b + bin_width, n_entries) - 1) for b in range(0, n_entries, bin_width)])
+
+
+def word_counts(top1: np.ndarray, word_ids: dict[str, list[int]] | dict[str, dict[str, list[int]]],
+                bin_width: int) -> dict:
+    """Counts of top-1 tokens in each word list per layer bin.
+
+    top1: int [N, E, ...] top-1 ids with the layer entries on axis 1 (E = L+1);
+    ids < 0 are padding and not counted. word_ids: {list: [ids]} or
+    resolve_words' {list: {word: [ids]}}; a token in two lists counts in both.
+    -> {'lists': names, 'bins' [B, 2], 'counts' int [W, B], 'totals' int [B]
+    (all top-1 readouts in the bin), 'hits' int [W] (row sums), 'shares' [W, B]
+    = counts / hits (row-normalised as in the paper; a list with no hit at all
+    has shares 0, not NaN), 'rates' [W, B] = counts / totals (0 for an empty bin)}.
+    """
+    top1 = np.asarray(top1)
+    bins = layer_bins(top1.shape[1], bin_width)
+    names = list(word_ids)
+    flat_ids = {n: sorted({i for v in (ids.values() if isinstance(ids, dict) else [ids]) for i in v})
+                for n, ids in word_ids.items()}
+    counts = np.zeros((len(names), len(bins)), np.int64)
+    totals = np.zeros(len(bins), np.int64)
+    for b, (lo, hi) in enumerate(bins):
+        part = top1[:, lo : hi + 1]
+        valid = part >= 0
+        totals[b] = int(valid.sum())
+        for w, n in enumerate(names):
+            counts[w, b] = int((np.isin(part, flat_ids[n]) & valid).sum())
+    hits = counts.sum(1)
+    shares = np.divide(counts, hits[:, None], out=np.zeros(counts.shape), where=hits[:, None] > 0)
+    rates = np.divide(counts, totals[None], out=np.zeros(counts.shape), where=totals[None] > 0)
+    return {"lists": names, "bins": bins, "counts": counts, "totals": totals, "hits": hits, "shares": shares,
+            "rates": rates}
+
+
+def top_tokens(top1: np.ndarray, n: int = 3, axis_keep: tuple[int, ...] = (1,)) -> np.ndarray:
+    """The most frequent top-1 ids over every axis but ``axis_keep``.
+
+    top1: int [N, E, G, P]. -> object array shaped like the kept axes, each
+    cell a list of (id, share) for the n most frequent ids (padding ignored)."""
+    top1 = np.asarray(top1)
+    rest = [a for a in range(top1.ndim) if a not in axis_keep]
+    moved = np.moveaxis(top1, list(axis_keep), list(range(len(axis_keep))))
+    kept_shape = moved.shape[: len(axis_keep)]
+    flat = moved.reshape(*kept_shape, -1) if rest else moved[..., None]
+    out = np.empty(kept_shape, dtype=object)
+    for idx in np.ndindex(*kept_shape):
+        v = flat[idx]
+        v = v[v >= 0]
+        c = Counter(v.tolist())
+        out[idx] = [(i, m / max(len(v), 1)) for i, m in c.most_common(n)]
+    return out
+
+
+# ---------------------------------------------------------------- results file
+
+def _metas(samples, pred):
+    from tracing.store import SampleMeta
+
+    return [SampleMeta(s.id, s.task, int(s.answer), int(p), {"question": s.question, "options": list(s.options)})
+            for s, p in zip(samples, pred)]
+
+
+def lens_analysis(lm, samples, word_lists: dict[str, list[str]] | None = None, k: int = 5,
+                  readouts=READOUTS, pool: str = "token", bin_width: int | None = None, progress: bool = True,
+                  warn: bool = True) -> dict:
+    """The whole analysis in one call: video_lens, the word lists resolved in
+    the model's vocabulary (default: the 'synthetic' preset), their counts.
+
+    -> video_lens' dict plus 'words' {list: {word: [ids]}} (kept words),
+    'dropped' {list: [words]}, 'vocab' [V] token strings, 'bin_width',
+    'word' {readout: word_counts dict}, 'model'. This is what write_results
+    stores, load_results reads back, and the plots and table take."""
+    vocab = vocab_tokens(lm.tokenizer, lm.module(lm.family.embed).weight.shape[0])
+    words, dropped = resolve_words(lm.tokenizer, word_lists or SYNTHETIC_WORDS, vocab, warn=warn)
+    bw = int(bin_width or default_bin_width(lm.n_layers))
+    res = video_lens(lm, samples, k, readouts, pool, progress)
+    res.update(words=words, dropped=dropped, vocab=vocab, bin_width=bw, model=lm.name,
+               word={r: word_counts(res["topk_ids"][r][..., 0], words, bw) for r in res["readouts"]})
+    return res
+
+
+def write_results(rf, res: dict, prefix: str = "lens") -> None:
+    """Store lens_analysis' dict under /results/<prefix>/ of the
+    tracing.store.ResultsFile rf (rows aligned with its /samples)."""
+    L = res["n_layers"]
+    attrs = {"readouts": res["readouts"], "k": res["k"], "pool": res["pool"], "n_layers": L,
+             "bin_width": int(res["bin_width"]), "lists": list(res["words"]),
+             "entries": f"entry l < {L}: blocks.l.hook_resid_pre; entry {L}: blocks.{L - 1}.hook_resid_post"}
+    for r in res["readouts"]:
+        c, a = res["word"][r], {**attrs, "readout": r, "label": READOUT_LABELS[r]}
+        rf.write_result(f"{prefix}/{r}/word_counts", c["counts"], a, overwrite=True)
+        rf.write_result(f"{prefix}/{r}/word_shares", c["shares"], {**a, "normalised": "row (per list)"},
+                        overwrite=True)
+        rf.write_result(f"{prefix}/{r}/word_rates", c["rates"], {**a, "normalised": "per bin total"}, overwrite=True)
+    c = next(iter(res["word"].values()))
+    rf.write_result(f"{prefix}/bins", c["bins"], attrs, overwrite=True)
+    rf.write_result(f"{prefix}/bin_totals", c["totals"], attrs, overwrite=True)
+    for n in ("n_groups", "tokens_per_group", "pred"):
+        rf.write_result(f"{prefix}/{n}", np.asarray(res[n]), attrs, overwrite=True)
+    for n, ws in res["words"].items():
+        rf.write_result(f"{prefix}/words/{n}", np.array(list(ws), dtype=str),
+                        {"ids": {w: list(map(int, i)) for w, i in ws.items()},
+                         "dropped": list(res["dropped"].get(n, []))}, overwrite=True)
+    rf.write_result(f"{prefix}/vocab", np.array(res["vocab"], dtype=str), attrs, overwrite=True)
+    for r in res["readouts"]:  # the large arrays last: each write copies the file
+        a = {**attrs, "readout": r, "label": READOUT_LABELS[r]}
+        rf.write_result(f"{prefix}/{r}/topk_ids", res["topk_ids"][r], a, overwrite=True)
+        rf.write_result(f"{prefix}/{r}/topk_probs", res["topk_probs"][r], a, overwrite=True)
+
+
+def load_results(path, prefix: str = "lens") -> dict:
+    """The lens results in the file at path -> lens_analysis' dict, plus
+    'task' [N], 'tasks', 'label' [N] and 'config'."""
+    from tracing.store import CacheReader
+
+    r = CacheReader(path)
+    names = r.results()
+    if f"{prefix}/bins" not in names:
+        raise KeyError(f"{path}: no lens results under {prefix!r} (it holds {names}); run python -m analyses.lens")
+    bins, attrs = r.result(f"{prefix}/bins")
+    out = {"readouts": list(attrs["readouts"]), "k": attrs["k"], "pool": attrs["pool"], "n_layers": attrs["n_layers"],
+           "bin_width": attrs["bin_width"], "config": r.config, "model": r.attrs.get("model"),
+           "task": np.array(r.samples["task"]).astype(str), "label": np.array(r.samples["label"]),
+           "vocab": list(r.result(f"{prefix}/vocab")[0])}
+    out["tasks"] = list(dict.fromkeys(out["task"].tolist()))
+    for n in ("n_groups", "tokens_per_group", "pred"):
+        out[n] = r.result(f"{prefix}/{n}")[0]
+    out["words"], out["dropped"] = {}, {}
+    for n in attrs["lists"]:
+        w, wa = r.result(f"{prefix}/words/{n}")
+        out["words"][n] = {str(x): wa["ids"][str(x)] for x in np.atleast_1d(w)}
+        out["dropped"][n] = wa["dropped"]
+    out["topk_ids"] = {x: r.result(f"{prefix}/{x}/topk_ids")[0] for x in out["readouts"]}
+    out["topk_probs"] = {x: r.result(f"{prefix}/{x}/topk_probs")[0] for x in out["readouts"]}
+    totals = r.result(f"{prefix}/bin_totals")[0]
+    out["word"] = {}
+    for x in out["readouts"]:
+        counts = r.result(f"{prefix}/{x}/word_counts")[0]
+        out["word"][x] = {"lists": list(attrs["lists"]), "bins": bins, "counts": counts, "totals": totals,
+                          "hits": counts.sum(1), "shares": r.result(f"{prefix}/{x}/word_shares")[0],
+                          "rates": r.result(f"{prefix}/{x}/word_rates")[0]}
+    return out
+
+
+# ---------------------------------------------------------------- figures and table
+
+def bin_labels(bins) -> list[str]:
+    return [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in np.asarray(bins)]
+
+
+def plot_words(res: dict):
+    """Heatmap per readout: rows = word lists, columns = layer bins, colour and
+    text = the row-normalised share of the list's top-1 hits in that bin."""
+    import matplotlib.pyplot as plt
+
+    from analyses.plots import panels
+
+    rs = res["readouts"]
+    W = len(next(iter(res["word"].values()))["lists"])
+    B = len(next(iter(res["word"].values()))["bins"])
+    fig, axes = panels(len(rs), width=max(2.8, 0.55 * B + 1.6), height=0.45 * W + 1.3, ncols=min(len(rs), 3))
+    for ax, r in zip(axes, rs):
+        c = res["word"][r]
+        ax.imshow(c["shares"], cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.grid(False)
+        for w in range(W):
+            for b in range(B):
+                v = c["shares"][w, b]
+                ax.text(b, w, f"{v:.2f}" if c["hits"][w] else "-", ha="center", va="center", fontsize=7,
+                        color="white" if v > 0.6 else "black")
+        ax.set_xticks(range(B), bin_labels(c["bins"]), rotation=45 if B > 6 else 0, fontsize=7)
+        ax.set_yticks(range(W), [f"{n} (n={h})" for n, h in zip(c["lists"], c["hits"])], fontsize=7)
+        ax.set_xlabel("layers applied (bin)")
+        ax.set_title(READOUT_LABELS[r], fontsize=8)
+    fig.suptitle(f"Logit lens on video tokens: top-1 in word list, row-normalised ({res.get('model', '')})",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_tokens(res: dict, readout: str = "embed"):
+    """The most frequent top-1 token per layer entry (rows) and frame group
+    (columns, plus 'all'), over samples and the group's tokens; colour = its share."""
+    import matplotlib.pyplot as plt
+
+    from analyses.plots import STYLE
+
+    plt.rcParams.update(STYLE)
+    top1 = res["topk_ids"][readout][..., 0]  # [N, E, G, P]
+    E, G = top1.shape[1], top1.shape[2]
+    per_frame = top_tokens(top1, 1, (1, 2))  # [E, G]
+    overall = top_tokens(top1, 1, (1,))  # [E]
+    vocab = res["vocab"]
+    share = np.zeros((E, G + 1))
+    text = np.empty((E, G + 1), dtype=object)
+    for e in range(E):
+        for g in range(G + 1):
+            cell = overall[e] if g == G else per_frame[e, g]
+            i, s = cell[0] if cell else (-1, 0.0)
+            share[e, g] = s
+            text[e, g] = (vocab[i] if 0 <= i < len(vocab) else "") + f"\n{s:.0%}"
+    fig, ax = plt.subplots(figsize=(0.75 * (G + 1) + 1.5, 0.32 * E + 1.2))
+    ax.imshow(share, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    ax.grid(False)
+    for e in range(E):
+        for g in range(G + 1):
+            ax.text(g, e, text[e, g], ha="center", va="center", fontsize=5.5,
+                    color="white" if share[e, g] > 0.65 else "black")
+    ax.set_xticks(range(G + 1), [f"f{g}" for g in range(G)] + ["all"], fontsize=7)
+    ax.set_yticks(range(E), [str(e) for e in range(E)], fontsize=7)
+    ax.set_xlabel("frame (group)")
+    ax.set_ylabel("layers applied")
+    ax.set_title(f"Most frequent top-1 token, {READOUT_LABELS[readout]}\n({res.get('model', '')})", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_figures(res: dict, folder, prefix: str = "lens") -> list[str]:
+    """<folder>/<prefix>_words and <prefix>_top_<readout>, PNG and PDF."""
+    from analyses.plots import save
+
+    folder = Path(folder)
+    paths = save(plot_words(res), folder / f"{prefix}_words")
+    for r in res["readouts"]:
+        paths += save(plot_top_tokens(res, r), folder / f"{prefix}_top_{r}")
+    return paths
+
+
+def table(res: dict, n: int = 3) -> str:
+    """Per readout: the word-list shares per bin, and the n most frequent
+    top-1 tokens at each layer entry (with their share of the video tokens)."""
+    vocab, rows = res["vocab"], []
+    for r in res["readouts"]:
+        c = res["word"][r]
+        labels = bin_labels(c["bins"])
+        rows.append(f"== {r}: {READOUT_LABELS[r]}")
+        rows.append(f"{'list (hits)':<22}" + "".join(f"{x:>8}" for x in labels) + "   row-normalised share")
+        for w, name in enumerate(c["lists"]):
+            head = f"{name} ({c['hits'][w]})"
+            rows.append(f"{head:<22}" + "".join(f"{v:8.2f}" for v in c["shares"][w]))
+        rows.append(f"{'share of all tokens':<22}" + "".join(f"{v:8.2f}" for v in c["rates"].sum(0)))
+        tt = top_tokens(res["topk_ids"][r][..., 0], n, (1,))
+        for e, cell in enumerate(tt):
+            rows.append(f"  after {e:>2} layers: " + ", ".join(f"{vocab[i]!s} {s:.0%}" for i, s in cell))
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    from analyses.cli import common_parser
+
+    ap = common_parser("python -m analyses.lens", __doc__.split("\n\n")[0].replace("\n", " "), limit=4)
+    ap.add_argument("--k", type=int, default=5, help="top-k vocabulary tokens kept per token and layer")
+    ap.add_argument("--readout", default=",".join(READOUTS),
+                    help="comma-separated readouts: embed (softmax(h @ E^T), no norm: the paper), unembed "
+                         "(lm head, no final norm), unembed_norm (final norm + lm head)")
+    ap.add_argument("--pool", default="token", choices=POOLS,
+                    help="read out every video token, or each frame's mean residual stream")
+    ap.add_argument("--words", default="auto",
+                    help="word lists: a preset (" + ", ".join(PRESETS) + "; auto = synthetic on the synthetic "
+                         "dataset, else paper), 'spatial=left,right;temporal=first,then', or a JSON file "
+                         "{list: [words]}; words that are not single tokens are dropped with a warning")
+    ap.add_argument("--bin-width", type=int, default=None,
+                    help="layer entries per bin of the word counts (default: max(1, L // 6), 5 on 32 layers)")
+    return ap
+
+
+def _other_run(path: Path, lm, dataset: str, config: dict) -> str | None:
+    """Why the file at path belongs to another run (model, dataset or
+    configuration differ, or not a chronolens file), or None."""
+    from tracing.store import CacheReader, StoreError
+
+    if not path.exists():
+        return None
+    try:
+        r = CacheReader(path)
+    except (StoreError, OSError, KeyError) as e:
+        return f"unreadable as a chronolens file: {e}"
+    mine = {"model": lm.name, "model_fingerprint": lm.fingerprint, "dataset": dataset}
+    diff = [k for k, v in mine.items() if str(r.attrs.get(k)) != v]
+    old, new = r.config, json.loads(json.dumps(config, sort_keys=True, default=str))
+    diff += [f"config.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(f"{d} differs" for d in diff) or None
+
+
+def main(argv=None) -> dict:
+    import torch
+
+    from analyses.cli import default_out, figures_dir, load_data, load_from_args, run_config
+    from tracing.store import CacheMismatchError, ResultsFile
+
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    readouts = [r.strip() for r in a.readout.split(",") if r.strip()]
+    bad = [r for r in readouts if r not in READOUTS]
+    if bad or not readouts:
+        ap.error(f"--readout {a.readout!r}: choose from {', '.join(READOUTS)}")
+    if a.k < 1:
+        ap.error(f"--k {a.k}: must be >= 1")
+    if a.bin_width is not None and a.bin_width < 1:
+        ap.error(f"--bin-width {a.bin_width}: must be >= 1")
+    try:
+        word_lists = parse_words(a.words, a.dataset)
+    except ValueError as e:
+        ap.error(str(e))
+    out = Path(default_out("lens", a))
+    figures = figures_dir(a, out)
+    samples = load_data(a).samples
+    lm = load_from_args(a)
+    bw = a.bin_width or default_bin_width(lm.n_layers)
+    config = run_config(a, readout_list=readouts, bin_width=bw, word_lists=word_lists)
+    why = _other_run(out, lm, a.dataset, config)
+    if why and not a.overwrite:  # refused before the forward passes, not after
+        raise SystemExit(f"{out} holds another run ({why}); choose another --out or pass --overwrite to replace it")
+    if why:
+        out.unlink()
+    torch.manual_seed(a.seed)
+    res = lens_analysis(lm, samples, word_lists, a.k, readouts, a.pool, bw, progress=not a.no_progress, warn=False)
+    if any(res["dropped"].values()):
+        print("dropped word-list words that are not single tokens of this vocabulary: "
+              + "; ".join(f"{n}: {', '.join(d)}" for n, d in res["dropped"].items() if d), file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metas = _metas(samples, res["pred"])
+    try:
+        rf = ResultsFile.open(out, lm.name, lm.fingerprint, a.dataset, config, metas)
+    except CacheMismatchError as e:
+        if not a.overwrite:
+            raise SystemExit(f"{e}\n(pass --overwrite to replace {out})") from None
+        out.unlink()
+        rf = ResultsFile.open(out, lm.name, lm.fingerprint, a.dataset, config, metas)
+    write_results(rf, res)
+    back = load_results(out)
+    paths = save_figures(back, figures)
+    print(table(back))
+    print(f"wrote {out}, {', '.join(paths)}", file=sys.stderr)
+    return back
+
+
+if __name__ == "__main__":
+    main()
