@@ -38,14 +38,24 @@ question, how often the answer flips under shuffling.
 Outputs: an HDF5 file (``tracing.store.ResultsFile``; per-question
 correctness, prediction, option probabilities and frame indices of every
 condition, so every number can be recomputed), a markdown and a CSV table in
-the layout of the paper's table, and figures (accuracy against frame count;
-kappa / tau / rho per task with intervals; order sensitivity against layer).
+the layout of the paper's table next to it, and figures in ``--figures``
+(default ``<out stem>_figures/``: accuracy against frame count; kappa / tau /
+rho per task with intervals; order sensitivity against layer).
 ``notebooks/tomato.ipynb`` rebuilds the table and figures from the file.
+
+A run is resumable: every chunk of ``--chunk`` questions is saved into --out
+as it completes (the residual streams of the order analysis wait in
+``<out>.residuals`` until it is stored), and the same command run again after a
+kill skips the chunks already there and ends with the numbers of an
+uninterrupted run. An --out of another configuration is refused; with
+--overwrite the run writes ``<out stem>.next.h5`` and replaces --out with it
+only once it has finished.
 """
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import sys
 import zlib
@@ -56,7 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.types import LETTERS, Sample
-from tasks.video import VideoError, count_frames, sample_indices
+from tasks.video import VideoError, count_frames, load_frames_at, sample_indices
 
 from . import tomato_metrics as M
 
@@ -89,7 +99,8 @@ class AblationConfig:
     ``counts``: the frame-count curve (values >= frames collapse onto ``multi``);
     ``singles``: which single-frame picks; ``internals``: capture the residual
     stream for the order analysis; ``generate``: answer by generation and
-    TOMATO's parser instead of letter probabilities."""
+    TOMATO's parser instead of letter probabilities; ``chunk``: questions whose
+    frames are decoded and run together (and saved together by a resumable run)."""
 
     frames: int = 16
     shuffle_seeds: int = 3
@@ -105,6 +116,8 @@ class AblationConfig:
     def __post_init__(self):
         if self.frames < 1:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {self.chunk}")
         if self.shuffle_seeds < 0:
             raise ValueError(f"shuffle_seeds must be >= 0, got {self.shuffle_seeds}")
         bad = [p for p in self.singles if p not in SINGLE_PICKS]
@@ -240,18 +253,6 @@ class _Prepared:
         return np.stack([self.store[int(i)] for i in self.indices[name]])
 
 
-def _decode_at(path: str, keep: set[int]) -> dict[int, np.ndarray]:
-    # tasks.video decodes in one pass keeping only an index set; its public
-    # load_frames samples uniformly only, and a human-picked index is arbitrary.
-    from tasks.video import _decode
-
-    _, kept = _decode(Path(path), keep, None)
-    missing = keep - set(kept)
-    if missing:
-        raise VideoError(path, f"frames {sorted(missing)[:5]} did not decode (truncated or corrupt)")
-    return kept
-
-
 def prepare(sample: Sample, row: int, conditions: list[Condition], recipe=None) -> tuple[_Prepared, list[str]]:
     """A question's frames for every condition -> (_Prepared, notes).
 
@@ -277,8 +278,7 @@ def prepare(sample: Sample, row: int, conditions: list[Condition], recipe=None) 
     if sample.frames is not None:
         store = {i: sample.frames[i] for i in need}
     else:
-        kept = _decode_at(sample.video_path, set(need))
-        arr = np.stack([kept[i] for i in need])
+        arr = load_frames_at(sample.video_path, need)
         if recipe is not None:
             from tracing.preprocess import resize_frames
 
@@ -438,9 +438,202 @@ def _residuals(lm, p: _Prepared, name: str) -> np.ndarray:
     return np.stack([acts[f"blocks.{l}.hook_resid_post"].float().cpu().numpy() for l in range(lm.n_layers)])
 
 
+def _metas(ids, tasks, answers, n_options) -> list:
+    """The file's /samples: one SampleMeta per question asked."""
+    from tracing.store import SampleMeta
+
+    return [SampleMeta(str(i), str(t), int(a), int(a), {"n_options": int(k)})
+            for i, t, a, k in zip(ids, tasks, answers, n_options)]
+
+
+def sample_metas(samples: list[Sample]) -> list:
+    """The /samples rows of a run over these questions (what a results file is identified by)."""
+    return _metas([s.id for s in samples], [s.task for s in samples], [s.answer for s in samples],
+                  [len(s.options) for s in samples])
+
+
+@dataclass
+class _Record:
+    """Per-question results of a run over N questions (the rows of the file's
+    /samples, those whose video failed included), filled chunk by chunk: the
+    layout the file stores. Shapes as in ``Ablation`` with n = N, plus
+
+    ok:       bool [N] the question ran (False: its video is missing or unreadable)
+    done:     bool [N] the question was attempted (ran or failed): what a resumed run skips
+    problems: {row: (id, path, reason)}; notes: {row: [text]}
+    """
+
+    correct: np.ndarray
+    pred: np.ndarray
+    probs: np.ndarray
+    indices: np.ndarray
+    n_total: np.ndarray
+    human: np.ndarray
+    ok: np.ndarray
+    done: np.ndarray
+    responses: np.ndarray | None
+    unparsed: np.ndarray | None
+    problems: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+
+    ARRAYS = ("correct", "pred", "probs", "indices", "n_total", "human", "ok", "done", "responses", "unparsed")
+    STORED = {"human": "human_frame"}  # field -> result name, where they differ
+
+    @classmethod
+    def empty(cls, C: int, N: int, K: int, F: int, generate: bool) -> "_Record":
+        return cls(correct=np.full((C, N), np.nan), pred=np.full((C, N), -1, dtype=np.int64),
+                   probs=np.full((C, N, K), np.nan), indices=np.full((C, N, F), -1, dtype=np.int64),
+                   n_total=np.zeros(N, dtype=np.int64), human=np.full(N, -1, dtype=np.int64),
+                   ok=np.zeros(N, dtype=bool), done=np.zeros(N, dtype=bool),
+                   responses=np.full((C, N), "", dtype=object) if generate else None,
+                   unparsed=np.zeros((C, N), dtype=bool) if generate else None)
+
+    def reset(self, rows: list[int]) -> None:
+        """Forget what these rows hold (a chunk about to run again)."""
+        C, N, K = self.probs.shape
+        fresh = _Record.empty(C, N, K, self.indices.shape[2], self.responses is not None)
+        for name in self.ARRAYS:
+            a, b = getattr(self, name), getattr(fresh, name)
+            if a is None:
+                continue
+            if a.ndim == 1:
+                a[rows] = b[rows]
+            else:
+                a[:, rows] = b[:, rows]
+        for r in rows:
+            self.problems.pop(r, None)
+            self.notes.pop(r, None)
+
+    @classmethod
+    def load(cls, path: Path, C: int, N: int, K: int, F: int, generate: bool) -> "_Record | None":
+        """The progress a file holds, or None when it holds none of this shape."""
+        from tracing.store import CacheReader
+
+        r = CacheReader(path)
+        if "tomato/done" not in r.results():
+            return None  # written before runs were resumable, or another analysis's file
+        rec = cls.empty(C, N, K, F, generate)
+        for name in cls.ARRAYS:
+            if getattr(rec, name) is None:
+                continue
+            arr, attrs = r.result(f"tomato/{cls.STORED.get(name, name)}")
+            if arr.shape != getattr(rec, name).shape:
+                return None
+            setattr(rec, name, arr.astype(object) if name == "responses" else arr)
+        _, attrs = r.result("tomato/done")
+        rec.problems = {int(row): (i, p, why) for row, i, p, why in attrs["problems"]}
+        for row, text in attrs["notes"]:
+            rec.notes.setdefault(int(row), []).append(text)
+        return rec
+
+    def save(self, rf, conds: list[Condition]) -> None:
+        """Write every array into a ResultsFile, ``done`` last: a kill in between
+        leaves rows not marked done, which a resumed run computes again."""
+        cattrs = {"conditions": [asdict(c) for c in conds]}
+        w = lambda name, arr, attrs=None: rf.write_result(f"tomato/{name}", arr, attrs, overwrite=True)  # noqa: E731
+        w("correct", self.correct, {**cattrs, "notes": self.note_list()})
+        w("pred", self.pred, cattrs)
+        w("probs", self.probs, cattrs)
+        w("indices", self.indices, cattrs)
+        w("n_total", self.n_total)
+        w("human_frame", self.human)
+        w("ok", self.ok, {"what": "the question ran (False: its video is missing or unreadable)"})
+        if self.responses is not None:
+            w("responses", np.asarray(self.responses, dtype=str), cattrs)
+            w("unparsed", self.unparsed, cattrs)
+        w("done", self.done, {"what": "the question was attempted; a resumed run skips these",
+                              "problems": [[r, *self.problems[r]] for r in sorted(self.problems)],
+                              "notes": [[r, t] for r in sorted(self.notes) for t in self.notes[r]]})
+
+    def note_list(self) -> list[str]:
+        return [t for r in sorted(self.notes) for t in self.notes[r]]
+
+    def problem_list(self) -> list[tuple[str, str, str]]:
+        return [tuple(self.problems[r]) for r in sorted(self.problems)]
+
+
+class _Residuals:
+    """The last position's residual stream of each question under multi, shuffled_*
+    and reversed, kept until the order analysis has every question: in memory, or,
+    for a resumable run, in a kill-safe activation cache (``tracing.store.CacheWriter``)
+    at ``path``, so that a resumed run does not recompute them. The cache is scratch:
+    one of another run is replaced, and ``remove`` deletes it once the analysis is stored."""
+
+    def __init__(self, path: Path | None, ident: tuple):
+        self.path, self.ident = path, ident
+        self._mem: dict[str, np.ndarray] = {}
+        self._w = None
+        self._done: set[int] = set()
+        if path is not None and path.exists():
+            self._open()
+
+    def _open(self):
+        from tracing.store import CacheMismatchError, CacheWriter
+
+        try:
+            self._w = CacheWriter.open(self.path, *self.ident)
+        except CacheMismatchError:
+            self.path.unlink()
+            self._w = CacheWriter.open(self.path, *self.ident)
+
+    def complete(self, row: int) -> bool:
+        if self.path is None:
+            return row in self._done
+        return self._w is not None and self._w.is_complete(row)
+
+    def put(self, row: int, acts: dict[str, np.ndarray], n: int) -> None:
+        """Store row's residuals {condition: float32 [L, d]} (n: questions in the run)."""
+        if self.path is None:
+            for name, r in acts.items():
+                if name not in self._mem:
+                    self._mem[name] = np.full((n, *r.shape), np.nan, dtype=np.float32)
+                self._mem[name][row] = r
+            self._done.add(row)
+            return
+        if self._w is None:
+            self._open()
+        self._w.write_sample(row, acts, {})
+
+    def get(self, rows: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """{condition: float32 [len(rows), L, d]} for the given conditions, in their order."""
+        if self.path is None:
+            return {k: self._mem[k][rows] for k in names}
+        from tracing.store import CacheReader
+
+        if self._w is not None:  # HDF5 does not open one file twice in a process
+            self._w.close()
+            self._w = None
+        r = CacheReader(self.path)
+        return {k: r.acts(k, rows) for k in names}
+
+    def remove(self) -> None:
+        if self._w is not None:
+            self._w.close()
+            self._w = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def residuals_path(checkpoint: str | Path) -> Path:
+    """Where a resumable run keeps its residual streams until the order analysis is stored."""
+    p = Path(checkpoint)
+    return p.with_name(p.name + ".residuals")
+
+
 def run_ablation(lm, samples: list[Sample], cfg: AblationConfig, dataset: str = "synthetic",
-                 config: dict | None = None, progress: bool = True) -> tuple[Ablation, list[tuple[str, str, str]]]:
+                 config: dict | None = None, progress: bool = True,
+                 checkpoint: str | Path | None = None) -> tuple[Ablation, list[tuple[str, str, str]]]:
     """Answer every question under every condition.
+
+    Questions run in chunks of ``cfg.chunk`` (their frames decoded together).
+    checkpoint: a results file (``tracing.store.ResultsFile``) that every chunk
+    is saved into as it completes, in the layout ``load_results`` reads; the
+    residual streams of the order analysis wait in ``residuals_path(checkpoint)``
+    (deleted once the analysis is stored). A call with the same model, dataset,
+    configuration and questions resumes it: chunks already there are not run
+    again, and the result equals an uninterrupted run's. The file is created
+    with the first chunk in which a question runs (if none does, nothing is
+    written); one of another run raises CacheMismatchError and is not touched.
 
     Returns (Ablation over the questions that ran, problems): problems are
     (question id, video path, reason) for each question whose video is missing
@@ -448,44 +641,56 @@ def run_ablation(lm, samples: list[Sample], cfg: AblationConfig, dataset: str = 
     """
     from tqdm import tqdm
 
+    from tracing.store import CacheReader, ResultsFile
+
     if not samples:
         raise ValueError("run_ablation: no questions to run")
     conds = plan_conditions(cfg)
     C, N = len(conds), len(samples)
     K = max(len(s.options) for s in samples)
     F = max(cfg.frames, 1)
-    correct = np.full((C, N), np.nan)
-    pred = np.full((C, N), -1, dtype=np.int64)
-    probs = np.full((C, N, K), np.nan)
-    indices = np.full((C, N, F), -1, dtype=np.int64)
-    n_total = np.zeros(N, dtype=np.int64)
-    humans = np.full(N, -1, dtype=np.int64)
-    responses = np.full((C, N), "", dtype=object) if cfg.generate else None
-    unparsed = np.zeros((C, N), dtype=bool) if cfg.generate else None
-    ok = np.zeros(N, dtype=bool)
+    config = config if config is not None else asdict(cfg)
+    metas = sample_metas(samples)
+    ident = (lm.name, lm.fingerprint, dataset, config, metas)
+    rf, rec = None, None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if checkpoint.exists():
+            rf = ResultsFile.open(checkpoint, *ident)  # CacheMismatchError: another run's
+            rec = _Record.load(checkpoint, C, N, K, F, cfg.generate)
+    rec = rec or _Record.empty(C, N, K, F, cfg.generate)
+    stored = rec.done.all() and rf is not None and "tomato/internals/cos" in CacheReader(checkpoint).results()
     perturbed = [c.name for c in conds if c.kind in ("shuffled", "reversed")]
-    resid: dict[str, np.ndarray] = {}
-    problems, notes = [], []
+    resid = None
+    if cfg.internals and not stored:
+        resid = _Residuals(None if checkpoint is None else residuals_path(checkpoint), ident)
     recipe = getattr(lm, "recipe", None)
 
     bar = tqdm(total=N, desc=f"tomato ablations ({lm.name})", unit="question", disable=not progress)
     for c0 in range(0, N, cfg.chunk):
+        rows = list(range(c0, min(c0 + cfg.chunk, N)))
+        if all(rec.done[r] and (resid is None or not rec.ok[r] or resid.complete(r)) for r in rows):
+            bar.update(len(rows))
+            continue
+        rec.reset(rows)  # a chunk runs whole: its batches, hence its numbers, are an uninterrupted run's
         prepared = []
-        for row in range(c0, min(c0 + cfg.chunk, N)):
+        for row in rows:
             s = samples[row]
+            rec.done[row] = True
             try:
                 p, nts = prepare(s, row, conds, recipe)
             except VideoError as e:
-                problems.append((s.id, e.path, e.reason))
+                rec.problems[row] = (s.id, e.path, e.reason)
                 continue
-            notes += nts
+            if nts:
+                rec.notes[row] = nts
             prepared.append(p)
-            ok[row] = True
-            n_total[row], humans[row] = p.n_total, p.human
+            rec.ok[row] = True
+            rec.n_total[row], rec.human[row] = p.n_total, p.human
             for ci, c in enumerate(conds):
                 ix = p.indices[c.name]
                 if ix is not None:
-                    indices[ci, row, : len(ix)] = ix
+                    rec.indices[ci, row, : len(ix)] = ix
         done: dict[tuple, tuple] = {}  # (row, frame list) -> result: identical inputs run once
         for ci, c in enumerate(conds):
             bar.set_postfix(condition=c.name)
@@ -505,25 +710,26 @@ def run_ablation(lm, samples: list[Sample], cfg: AblationConfig, dataset: str = 
                 if ix is None:
                     continue
                 k, pr, text = done[(p.row, tuple(int(i) for i in ix))]
-                pred[ci, p.row] = k
-                correct[ci, p.row] = float(k == p.sample.answer)
+                rec.pred[ci, p.row] = k
+                rec.correct[ci, p.row] = float(k == p.sample.answer)
                 if pr is not None:
-                    probs[ci, p.row, : len(pr)] = pr
+                    rec.probs[ci, p.row, : len(pr)] = pr
                 if cfg.generate:
-                    responses[ci, p.row] = text
-                    unparsed[ci, p.row] = k < 0
-        if cfg.internals:
+                    rec.responses[ci, p.row] = text
+                    rec.unparsed[ci, p.row] = k < 0
+        if resid is not None:
             bar.set_postfix(condition="residuals")
             for p in prepared:
-                for name in ["multi", *perturbed]:
-                    r = _residuals(lm, p, name)
-                    if name not in resid:
-                        resid[name] = np.full((N, *r.shape), np.nan, dtype=np.float32)
-                    resid[name][p.row] = r
-        bar.update(min(c0 + cfg.chunk, N) - c0)
+                resid.put(p.row, {name: _residuals(lm, p, name) for name in ["multi", *perturbed]}, N)
+        if checkpoint is not None and rec.ok.any():
+            rf = rf or ResultsFile.open(checkpoint, *ident)
+            _write_static(rf, samples, conds)
+            rec.save(rf, conds)
+        bar.update(len(rows))
     bar.close()
 
-    keep = np.flatnonzero(ok)
+    problems = rec.problem_list()
+    keep = np.flatnonzero(rec.ok)
     if keep.size == 0:
         raise NothingRan(f"none of the {N} questions could be run (no video decoded)", problems)
     groups = {"task": np.array([samples[i].task for i in keep], dtype=object)}
@@ -531,18 +737,73 @@ def run_ablation(lm, samples: list[Sample], cfg: AblationConfig, dataset: str = 
     if any(d is not None for d in demo):
         groups["demonstration_type"] = np.array([d or "" for d in demo], dtype=object)
     ab = Ablation(
-        model=lm.name, fingerprint=lm.fingerprint, dataset=dataset, config=config or asdict(cfg), conditions=conds,
+        model=lm.name, fingerprint=lm.fingerprint, dataset=dataset, config=config, conditions=conds,
         ids=np.array([samples[i].id for i in keep], dtype=object),
         answers=np.array([samples[i].answer for i in keep]),
         n_options=np.array([len(samples[i].options) for i in keep]),
-        groups=groups, correct=correct[:, keep], pred=pred[:, keep], probs=probs[:, keep],
-        indices=indices[:, keep], n_total=n_total[keep], human_frame=humans[keep],
-        responses=None if responses is None else responses[:, keep],
-        unparsed=None if unparsed is None else unparsed[:, keep], notes=notes,
+        groups=groups, correct=rec.correct[:, keep], pred=rec.pred[:, keep], probs=rec.probs[:, keep],
+        indices=rec.indices[:, keep], n_total=rec.n_total[keep], human_frame=rec.human[keep],
+        responses=None if rec.responses is None else rec.responses[:, keep],
+        unparsed=None if rec.unparsed is None else rec.unparsed[:, keep], notes=rec.note_list(),
     )
-    if cfg.internals:
-        order_internals(ab, {k: v[keep] for k, v in resid.items()})
+    if stored:
+        _read_internals(CacheReader(checkpoint), ab, keep)
+    elif cfg.internals:
+        order_internals(ab, resid.get(keep, ["multi", *perturbed]))
+        if checkpoint is not None:
+            _write_internals(rf, ab, keep, N)
+        resid.remove()
     return ab, problems
+
+
+def _write_static(rf, samples: list[Sample], conds: list[Condition]) -> None:
+    """What the questions alone fix (written with the first chunk)."""
+    from tracing.store import CacheReader
+
+    if "tomato/n_options" in CacheReader(rf.path).results():
+        return
+    rf.write_result("tomato/n_options", np.array([len(s.options) for s in samples]), overwrite=True)
+    groups = {"task": [s.task for s in samples]}
+    demo = [s.meta.get("demonstration_type") for s in samples]
+    if any(d is not None for d in demo):
+        groups["demonstration_type"] = [d or "" for d in demo]
+    for g, v in groups.items():
+        rf.write_result(f"tomato/groups/{g}", np.asarray(v, dtype=str), overwrite=True)
+
+
+def _scatter(x: np.ndarray, rows: np.ndarray, N: int, axis: int) -> np.ndarray:
+    """x with its ``axis`` (one entry per question that ran) spread over all N questions, NaN elsewhere."""
+    shape = list(x.shape)
+    shape[axis] = N
+    out = np.full(shape, np.nan)
+    idx = [slice(None)] * x.ndim
+    idx[axis] = rows
+    out[tuple(idx)] = x
+    return out
+
+
+def _write_internals(rf, ab: Ablation, rows: np.ndarray, N: int) -> None:
+    if not ab.cos:
+        return
+    names = list(ab.cos)
+    tasks = list(dict.fromkeys(ab.tasks))
+    a = {"conditions": names, "layers": ab.layers}
+    w = lambda name, arr, attrs: rf.write_result(f"tomato/internals/{name}", arr, attrs, overwrite=True)  # noqa: E731
+    w("cos", _scatter(np.stack([ab.cos[n] for n in names]), rows, N, 1), a)
+    w("cka", np.stack([ab.cka[n] for n in names]), a)
+    w("cka_task", np.stack([ab.cka_task[n] for n in names]), {**a, "tasks": tasks})
+
+
+def _read_internals(r, ab: Ablation, rows: np.ndarray) -> None:
+    names = r.results()
+    if "tomato/internals/cos" not in names:
+        return
+    cos, a = r.result("tomato/internals/cos")
+    cka, _ = r.result("tomato/internals/cka")
+    cka_task, _ = r.result("tomato/internals/cka_task")
+    ab.layers = list(a["layers"])
+    for j, n in enumerate(a["conditions"]):
+        ab.cos[n], ab.cka[n], ab.cka_task[n] = cos[j][rows], cka[j], cka_task[j]
 
 
 def order_internals(ab: Ablation, resid: dict[str, np.ndarray], min_task: int = 8) -> None:
@@ -566,42 +827,67 @@ def order_internals(ab: Ablation, resid: dict[str, np.ndarray], min_task: int = 
 
 
 # ============================================================== the HDF5 file
+# One row per question asked (/samples), those whose video failed included
+# (tomato/ok False); every per-question array has that row axis, NaN / -1 where
+# a question did not run. tomato/done marks the rows a run has finished, so a
+# killed run resumes; tomato/report is written last.
 def save_results(ab: Ablation, path: str | Path, report_md: str | None = None, n_boot: int = 1000,
                  seed: int = 0) -> Path:
-    """Write (or overwrite in) a ResultsFile; it refuses a file of another model
-    or configuration. Everything under /results/tomato/; ``report_md`` (the
-    table as written, with the bootstrap settings that made it) lets a reader
-    check that its own rebuild matches."""
-    from tracing.store import ResultsFile, SampleMeta
+    """Write an Ablation into a ResultsFile (created, or overwritten in one of the
+    same run); it refuses a file of another model or configuration. Everything
+    under /results/tomato/; ``report_md`` (the table as written, with the
+    bootstrap settings that made it) lets a reader check that its own rebuild
+    matches. (The CLI writes the same layout chunk by chunk: ``run_ablation``'s
+    checkpoint, then ``finish_results``.)"""
+    from tracing.store import ResultsFile
 
-    metas = [SampleMeta(str(i), str(t), int(a), int(a), {"n_options": int(k)})
-             for i, t, a, k in zip(ab.ids, ab.tasks, ab.answers, ab.n_options)]
-    f = ResultsFile.open(path, ab.model, ab.fingerprint, ab.dataset, ab.config, metas)
-    conds = [asdict(c) for c in ab.conditions]
-    w = lambda name, arr, attrs=None: f.write_result(f"tomato/{name}", arr, attrs, overwrite=True)  # noqa: E731
-    w("correct", ab.correct, {"conditions": conds, "notes": ab.notes})
-    w("pred", ab.pred, {"conditions": conds})
-    w("probs", ab.probs, {"conditions": conds})
-    w("indices", ab.indices, {"conditions": conds})
-    w("n_total", ab.n_total)
-    w("human_frame", ab.human_frame)
-    w("n_options", ab.n_options)
-    w("flip_rate", ab.flip_rate(), {"what": "fraction of shuffle seeds under which the answer differs from multi's"})
+    n = len(ab.ids)
+    rf = ResultsFile.open(path, ab.model, ab.fingerprint, ab.dataset, ab.config,
+                          _metas(ab.ids, ab.tasks, ab.answers, ab.n_options))
+    rec = _Record(correct=ab.correct, pred=ab.pred, probs=ab.probs, indices=ab.indices, n_total=ab.n_total,
+                  human=ab.human_frame, ok=np.ones(n, bool), done=np.ones(n, bool), responses=ab.responses,
+                  unparsed=ab.unparsed, notes={0: list(ab.notes)} if ab.notes else {})
+    rf.write_result("tomato/n_options", np.asarray(ab.n_options), overwrite=True)
     for g, v in ab.groups.items():
-        w(f"groups/{g}", np.asarray(v, dtype=str))
-    if ab.responses is not None:
-        w("responses", np.asarray(ab.responses, dtype=str), {"conditions": conds})
-        w("unparsed", ab.unparsed, {"conditions": conds})
-    if ab.cos:
-        names = list(ab.cos)
-        tasks = list(dict.fromkeys(ab.tasks))
-        w("internals/cos", np.stack([ab.cos[n] for n in names]), {"conditions": names, "layers": ab.layers})
-        w("internals/cka", np.stack([ab.cka[n] for n in names]), {"conditions": names, "layers": ab.layers})
-        w("internals/cka_task", np.stack([ab.cka_task[n] for n in names]),
-          {"conditions": names, "layers": ab.layers, "tasks": tasks})
+        rf.write_result(f"tomato/groups/{g}", np.asarray(v, dtype=str), overwrite=True)
+    rec.save(rf, ab.conditions)
+    _write_internals(rf, ab, np.arange(n), n)
+    return finish_results(ab, path, report_md, n_boot, seed)
+
+
+def finish_results(ab: Ablation, path: str | Path, report_md: str | None = None, n_boot: int = 1000,
+                   seed: int = 0) -> Path:
+    """Add what is derived from a whole run to its file: per-question flip rates and
+    the report (written last: a file with a report is a finished run)."""
+    from tracing.store import CacheReader, ResultsFile
+
+    r = CacheReader(path)
+    ok = r.result("tomato/ok")[0] if "tomato/ok" in r.results() else np.ones(r.n_samples, bool)
+    rows = np.flatnonzero(ok)
+    if r.samples["id"][rows].tolist() != [str(i) for i in ab.ids]:
+        raise ValueError(f"{path}: its questions are not this Ablation's")
+    rf = ResultsFile(path)
+    rf.write_result("tomato/flip_rate", _scatter(ab.flip_rate(), rows, r.n_samples, 0),
+                    {"what": "fraction of shuffle seeds under which the answer differs from multi's"},
+                    overwrite=True)
     if report_md is not None:
-        w("report", np.array(report_md), {"n_boot": int(n_boot), "seed": int(seed)})
+        rf.write_result("tomato/report", np.array(report_md), {"n_boot": int(n_boot), "seed": int(seed)},
+                        overwrite=True)
     return Path(path)
+
+
+def run_progress(path: str | Path) -> tuple[int, int] | None:
+    """(questions done, questions asked) of the run a results file holds: what a
+    resumed run skips. None when it holds no TOMATO run."""
+    from tracing.store import CacheReader
+
+    r = CacheReader(path)
+    names = r.results()
+    if "tomato/done" in names:
+        return int(r.result("tomato/done")[0].sum()), r.n_samples
+    if "tomato/correct" in names:  # killed while its first chunk was written, or older than resuming: run again
+        return 0, r.n_samples
+    return None
 
 
 def stored_report(path: str | Path) -> tuple[str, dict]:
@@ -612,8 +898,11 @@ def stored_report(path: str | Path) -> tuple[str, dict]:
     return str(text), attrs
 
 
-def load_results(path: str | Path) -> Ablation:
-    """An Ablation read back from a file written by ``save_results``."""
+def load_results(path: str | Path, partial: bool = False) -> Ablation:
+    """An Ablation read back from a file written by ``save_results`` or the CLI:
+    the questions that ran. A file whose run is not finished raises ValueError
+    (re-run the same command to finish it) unless ``partial``: then the
+    questions done so far (without the order analysis, which needs them all)."""
     from tracing.store import CacheReader
 
     r = CacheReader(path)
@@ -621,28 +910,32 @@ def load_results(path: str | Path) -> Ablation:
     if "tomato/correct" not in names:
         raise KeyError(f"{path}: no TOMATO results (it holds {names}); write one with python -m analyses.tomato")
     s = r.samples
+    N = len(s["id"])
+    get = lambda n: r.result(f"tomato/{n}")[0] if f"tomato/{n}" in names else None  # noqa: E731
+    done = get("done") if "tomato/done" in names else np.ones(N, bool)
+    if not done.all() and not partial:
+        raise ValueError(f"{path}: the run is not finished ({int(done.sum())} of {N} questions done); re-run the "
+                         "same command to resume it, or pass partial=True")
+    ok = get("ok") if "tomato/ok" in names else np.ones(N, bool)
+    keep = np.flatnonzero(ok & done)
     correct, attrs = r.result("tomato/correct")
     conds = [Condition(**c) for c in attrs["conditions"]]
-    groups = {"task": s["task"].astype(object)}
+    groups = {"task": s["task"].astype(object)[keep]}
     for n in names:
         if n.startswith("tomato/groups/") and n != "tomato/groups/task":
-            groups[n.split("/")[-1]] = r.result(n)[0].astype(object)
-    get = lambda n: r.result(f"tomato/{n}")[0] if f"tomato/{n}" in names else None  # noqa: E731
+            groups[n.split("/")[-1]] = r.result(n)[0].astype(object)[keep]
+    col = lambda a: None if a is None else a[:, keep]  # noqa: E731
     ab = Ablation(
         model=str(r.attrs["model"]), fingerprint=str(r.attrs["model_fingerprint"]), dataset=str(r.attrs["dataset"]),
-        config=r.config, conditions=conds, ids=s["id"].astype(object), answers=s["answer"],
-        n_options=get("n_options"), groups=groups, correct=correct, pred=get("pred"), probs=get("probs"),
-        indices=get("indices"), n_total=get("n_total"), human_frame=get("human_frame"),
-        responses=None if get("responses") is None else get("responses").astype(object),
-        unparsed=get("unparsed"), notes=list(attrs.get("notes", [])),
+        config=r.config, conditions=conds, ids=s["id"].astype(object)[keep], answers=s["answer"][keep],
+        n_options=get("n_options")[keep], groups=groups, correct=correct[:, keep], pred=col(get("pred")),
+        probs=col(get("probs")), indices=col(get("indices")), n_total=get("n_total")[keep],
+        human_frame=get("human_frame")[keep],
+        responses=None if get("responses") is None else get("responses").astype(object)[:, keep],
+        unparsed=col(get("unparsed")), notes=list(attrs.get("notes", [])),
     )
-    if "tomato/internals/cos" in names:
-        cos, a = r.result("tomato/internals/cos")
-        cka, _ = r.result("tomato/internals/cka")
-        cka_task, _ = r.result("tomato/internals/cka_task")
-        ab.layers = list(a["layers"])
-        for j, n in enumerate(a["conditions"]):
-            ab.cos[n], ab.cka[n], ab.cka_task[n] = cos[j], cka[j], cka_task[j]
+    if done.all():
+        _read_internals(r, ab, keep)
     return ab
 
 
@@ -924,13 +1217,14 @@ def layers_figure(ab: Ablation):
     return fig
 
 
-def write_figures(ab: Ablation, rows: list[dict], stem: str | Path) -> list[str]:
-    """Save the three figures as <stem>-curve / -metrics / -layers (.png and .pdf)."""
+def write_figures(ab: Ablation, rows: list[dict], folder: str | Path) -> list[str]:
+    """Save the three figures as <folder>/curve, metrics and layers (.png and .pdf)."""
     from .plots import save
 
-    paths = save(curve_figure(ab), f"{stem}-curve") + save(metrics_figure(rows), f"{stem}-metrics")
+    folder = Path(folder)
+    paths = save(curve_figure(ab), folder / "curve") + save(metrics_figure(rows), folder / "metrics")
     if ab.cos:
-        paths += save(layers_figure(ab), f"{stem}-layers")
+        paths += save(layers_figure(ab), folder / "layers")
     return paths
 
 
@@ -951,6 +1245,10 @@ def build_parser():
                     help="single-frame picks to run: first (TOMATO's, used by kappa), middle, random (seeded), "
                          "human (the annotation's human_frame; used by rho)")
     ap.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
+    ap.add_argument("--chunk", type=int, default=16,
+                    help="questions decoded and run together; each chunk is saved into --out as it completes, so a "
+                         "killed run, started again with the same arguments, resumes after the last one saved "
+                         "(batches form within a chunk, so it is part of the configuration)")
     ap.add_argument("--generate", action="store_true",
                     help="answer by greedy generation parsed with TOMATO's regex parser (unparsed = wrong, counted) "
                          "instead of option-letter probabilities")
@@ -976,34 +1274,49 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
         raise SystemExit(f"{flag}: expected comma-separated integers, got {text!r}") from None
 
 
-def _refuse_early(out: Path, lm, dataset: str, config: dict) -> None:
-    """Stop before any compute if ``out`` holds another run (the store would refuse it at the end)."""
-    from tracing.store import CacheReader, StoreError
+def _differences(path: Path, lm, dataset: str, config: dict, metas: list) -> list[str]:
+    """What differs between the run ``path`` holds and this one (empty: the same
+    run, to resume). A file that is not a chronolens file stops the CLI."""
+    from tracing.store import CacheMismatchError, ResultsFile, StoreError
 
-    if not out.exists():
-        return
     try:
-        r = CacheReader(out)
+        ResultsFile.open(path, lm.name, lm.fingerprint, dataset, config, metas)  # an existing file: checked only
+    except CacheMismatchError as e:
+        return [ln.strip() for ln in str(e).splitlines()[1:] if ln.startswith("  ")]
     except StoreError as e:
         raise SystemExit(f"error: {e}") from None
-    theirs = {"model": r.attrs["model"], "model_fingerprint": r.attrs["model_fingerprint"],
-              "dataset": r.attrs["dataset"], "config": r.config}
-    ours = {"model": lm.name, "model_fingerprint": lm.fingerprint, "dataset": dataset, "config": config}
-    diff = [k for k in ours if ours[k] != theirs[k]]
-    if "config" in diff:
-        keys = sorted(set(ours["config"]) | set(theirs["config"]))
-        diff = [d for d in diff if d != "config"] + [f"config.{k}: {theirs['config'].get(k)!r} (in file) vs "
-                                                    f"{ours['config'].get(k)!r} (this run)"
-                                                    for k in keys if ours["config"].get(k) != theirs["config"].get(k)]
-    if diff:
-        raise SystemExit(f"error: {out} holds a different run ({'; '.join(diff)}); choose another --out or "
-                         "delete the file")
+    return []
+
+
+def beside(out: Path) -> Path:
+    """Where an --overwrite run writes until it completes (then it replaces ``out``)."""
+    return out.with_name(f"{out.stem}.next{out.suffix}")
+
+
+def _target(out: Path, lm, dataset: str, config: dict, metas: list, overwrite: bool) -> Path:
+    """The file this run writes into, decided before any compute: ``out`` when it
+    is new or holds this very run (resumed); with --overwrite and ``out`` holding
+    another run, a file beside it that replaces it at the end (a kill leaves the
+    old one); without --overwrite such an ``out`` is refused."""
+    if not out.exists():
+        return out
+    diff = _differences(out, lm, dataset, config, metas)
+    if not diff:
+        return out
+    if not overwrite:
+        raise SystemExit(f"error: {out} holds a different run ({'; '.join(diff)}); choose another --out, or pass "
+                         "--overwrite to replace it (the old file stays until the new run completes)")
+    nxt = beside(out)
+    if nxt.exists() and _differences(nxt, lm, dataset, config, metas):
+        nxt.unlink()  # an earlier --overwrite run of another configuration, killed: start over
+    return nxt
 
 
 def main(argv=None) -> int:
     from tracing.registry import ModelNotFoundError
+    from tracing.store import CacheMismatchError
 
-    from .cli import default_out, load_data, load_from_args, run_config
+    from .cli import default_out, figures_dir, load_data, load_from_args, run_config
 
     a = build_parser().parse_args(argv)
     if a.threads:
@@ -1016,7 +1329,7 @@ def main(argv=None) -> int:
         cfg = AblationConfig(frames=a.frames, shuffle_seeds=a.shuffle_seeds, counts=_ints(a.counts, "--counts"),
                              singles=tuple(x for x in a.singles.split(",") if x), seed=a.seed,
                              batch_size=a.batch_size, internals=not a.no_internals, generate=a.generate,
-                             max_new_tokens=a.max_new_tokens)
+                             max_new_tokens=a.max_new_tokens, chunk=a.chunk)
         if a.dataset == "synthetic":
             if a.tasks is None:  # the grounding tasks are single-frame questions: nothing to ablate
                 from tasks.synthetic import STATIC_TASKS, TEMPORAL_TASKS
@@ -1034,12 +1347,17 @@ def main(argv=None) -> int:
     config = run_config(a, conditions=[asdict(c) for c in plan_conditions(cfg)])
     for k in ("no_figures", "bootstrap", "threads"):  # presentation only: a re-run may change them
         config.pop(k, None)
-    _refuse_early(out, lm, a.dataset, config)
+    work = _target(out, lm, a.dataset, config, sample_metas(res.samples), a.overwrite)
+    if work.exists() and (got := run_progress(work)) is not None:
+        print(f"resuming {work}: {got[0]} of {got[1]} questions already done", file=sys.stderr)
     problems: list = []
     try:
-        ab, problems = run_ablation(lm, res.samples, cfg, a.dataset, config, progress=not a.no_progress)
+        ab, problems = run_ablation(lm, res.samples, cfg, a.dataset, config, progress=not a.no_progress,
+                                    checkpoint=work)
     except NothingRan as e:
         problems = e.problems
+        raise SystemExit(f"error: {e}") from None
+    except CacheMismatchError as e:  # _target checked; only a file changed since then gets here
         raise SystemExit(f"error: {e}") from None
     finally:  # a run where no video decodes still says which and why
         for sid, path, why in problems:
@@ -1047,14 +1365,16 @@ def main(argv=None) -> int:
     for n in ab.notes:
         print(f"note: {n}", file=sys.stderr)
     md, table = report([ab], a.bootstrap, a.seed)
-    save_results(ab, out, report_md=md, n_boot=a.bootstrap, seed=a.seed)
+    finish_results(ab, work, report_md=md, n_boot=a.bootstrap, seed=a.seed)
+    if work != out:
+        os.replace(work, out)  # --overwrite: the old file goes only now, in one step
     stem = out.with_suffix("")
     Path(f"{stem}.md").write_text(md)
     Path(f"{stem}.csv").write_text(table)
     print(md)
     written = [str(out), f"{stem}.md", f"{stem}.csv"]
     if not a.no_figures:
-        written += write_figures(ab, metric_rows([ab], "task", a.bootstrap, a.seed), stem)
+        written += write_figures(ab, metric_rows([ab], "task", a.bootstrap, a.seed), figures_dir(a, out))
     if ab.unparsed is not None:
         print(f"unparsed generated answers (counted wrong): {int(ab.unparsed.sum())}")
     print("wrote " + ", ".join(written))

@@ -2,7 +2,13 @@
 
 Frames are sampled uniformly as TOMATO does: `np.linspace(0, n_total - 1, n,
 dtype=int)` over the decoded frames. Every failure (missing, empty, corrupt,
-truncated, frameless, too short) is a `VideoError` naming the file.
+truncated, frameless, too short, an index out of range) is a `VideoError`
+naming the file.
+
+    load_frames(path, n)           n frames sampled uniformly (or every frame)
+    load_frames_at(path, indices)  the frames at given indices, decoding no further
+                                   than the last of them
+    count_frames(path)             how many frames decode
 """
 from __future__ import annotations
 
@@ -31,10 +37,12 @@ def sample_indices(n_total: int, n: int) -> np.ndarray:
     return np.linspace(0, n_total - 1, n, dtype=int)
 
 
-def _decode(path: Path, keep: set[int] | None, size: int | None) -> tuple[int, dict[int, np.ndarray]]:
+def _decode(path: Path, keep: set[int] | None, size: int | None,
+            stop: int | None = None) -> tuple[int, dict[int, np.ndarray]]:
     """Decode the first video stream; return (frames decoded, {index: RGB array} for indices in keep).
 
-    keep None keeps every frame.
+    keep None keeps every frame. stop: stop once frame ``stop`` is decoded (the count is then
+    stop + 1 and says nothing of the frames after it).
     """
     kept: dict[int, np.ndarray] = {}
     count = 0
@@ -50,6 +58,8 @@ def _decode(path: Path, keep: set[int] | None, size: int | None) -> tuple[int, d
                         frame = frame.reformat(width=size, height=size, format="rgb24")
                     kept[count] = frame.to_ndarray(format="rgb24")
                 count += 1
+                if stop is not None and count > stop:
+                    break
     except VideoError:
         raise
     except (av.FFmpegError, OSError, EOFError) as e:
@@ -132,6 +142,44 @@ def load_frames(path: str | os.PathLike, n_frames: int | None = None, size: int 
     if n_frames is not None and strict and len(set(idx.tolist())) < n_frames:
         raise VideoError(p, f"has {len(set(idx.tolist()))} frames in range, fewer than the {n_frames} "
                             f"requested (strict)")
+    return np.stack([kept[int(i)] for i in idx]).astype(np.uint8, copy=False)
+
+
+def load_frames_at(path: str | os.PathLike, indices, size: int | None = None) -> np.ndarray:
+    """Decode the frames at given indices: uint8 RGB [len(indices), H, W, 3], in the order of
+    ``indices`` (any order; an index may repeat).
+
+    Decoding stops at the last index asked for, so a frame near the start of a long
+    video costs only the frames before it; damage after that frame goes unnoticed.
+    indices: ints into the frames as they decode, from 0 (``count_frames`` says how
+             many there are; ``sample_indices`` spreads n of them uniformly).
+    size:    None keeps the file's resolution; otherwise frames are resized to size x size.
+    Raises VideoError naming the file when it is missing, empty or undecodable, when the
+    container declares more frames than decode before the last index asked for
+    (truncated), or when an index is out of range; ValueError for an empty or
+    non-integer ``indices``.
+    """
+    p = _check_file(path)
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or idx.size == 0:
+        raise ValueError(f"indices must be a non-empty 1-D sequence of frame indices, got shape {idx.shape} "
+                         f"(file {p})")
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"indices must be integers, got dtype {idx.dtype} (file {p})")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be >= 1 or None, got {size} (file {p})")
+    if idx.min() < 0:
+        raise VideoError(p, f"frame index {int(idx.min())} is out of range (frames are numbered from 0)")
+    last = int(idx.max())
+    declared, _ = _header(p)
+    decoded, kept = _decode(p, {int(i) for i in idx}, size, stop=last)
+    if decoded == 0:
+        raise VideoError(p, "contains no decodable frames")
+    if decoded <= last:
+        if declared > decoded:
+            raise VideoError(p, f"is truncated or corrupt: the container declares {declared} frames "
+                                f"but only {decoded} decode")
+        raise VideoError(p, f"frame index {last} is out of range: the video has {decoded} frames")
     return np.stack([kept[int(i)] for i in idx]).astype(np.uint8, copy=False)
 
 

@@ -3,7 +3,9 @@ by hand (the paper's own GPT-4o row included), the frame conditions against
 hand-listed indices and decoded frames that name their own index, TOMATO's
 answer parser, a TOMATO folder built here run end to end (a missing and a
 corrupt video reported by name), a synthetic run through the CLI, the file and
-the notebook, and the organism's table once its checkpoint is committed.
+the notebook, a CLI run killed with SIGKILL and resumed (to the arrays of an
+uninterrupted run), --overwrite, and the organism's table once its checkpoint
+is committed.
 
 Independent references: scores recomputed with tracing.scoring.score on frames
 decoded by tasks.video.load_frames (the loader's path, not the analysis's own
@@ -15,7 +17,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -32,7 +39,7 @@ from tracing.capture import capture
 from tracing.inputs import build_inputs
 from tracing.registry import ORGANISM_DIR, load_model
 from tracing.scoring import score
-from tracing.store import CacheMismatchError, CacheReader
+from tracing.store import CacheMismatchError, CacheReader, StoreError
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -371,9 +378,16 @@ def test_tomato_folder_end_to_end(tmp_path, capsys):
             assert table[("task", grp)][col] == want, (grp, col)
     md = Path(out.with_suffix(".md")).read_text()
     assert "### by task" in md and "### by demonstration type" in md
-    for suffix in ("curve", "metrics", "layers"):
-        assert (tmp_path / f"tomato-{suffix}.png").stat().st_size > 0
-        assert (tmp_path / f"tomato-{suffix}.pdf").stat().st_size > 0
+    for name in ("curve", "metrics", "layers"):  # figures in the default --figures folder
+        assert (tmp_path / "tomato_figures" / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / "tomato_figures" / f"{name}.pdf").stat().st_size > 0
+    # The file keeps every question asked, the two whose video failed marked as not run.
+    r = CacheReader(out)
+    assert r.samples["id"].tolist() == ["count-7", "direction-0", "direction-1", "direction-2", "direction-3"]
+    assert r.result("tomato/ok")[0].tolist() == [True, True, True, False, False]
+    assert r.result("tomato/done")[0].all() and np.isnan(r.result("tomato/correct")[0][:, 3:]).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["TOMATO", "tomato.csv", "tomato.h5", "tomato.md",
+                                                          "tomato_figures"]  # no scratch file left
 
 
 # ================================================================ synthetic through the CLI, the file, the notebook
@@ -489,6 +503,110 @@ def test_cli_errors_are_one_line_and_come_before_any_compute(synthetic_run, tmp_
     err = capsys.readouterr().err
     assert "skipped rotation-0" in err and "nowhere.mp4" in err and "skipped rotation-1" in err
     assert not (tmp_path / "x.h5").exists()
+
+
+# ================================================================ resuming after kill -9, --overwrite
+KILL_RUN = ["--model", TINY, "--dataset", "synthetic", "--tasks", "direction,order", "--limit", "4", "--frames", "4",
+            "--shuffle-seeds", "1", "--counts", "1,2", "--singles", "first,human", "--chunk", "2", "--batch-size", "2",
+            "--bootstrap", "50", "--no-progress", "--no-figures", "--threads", "1"]  # 8 questions in 4 chunks
+
+
+def kill_after_first_chunk(out: Path, watch: Path, *extra: str) -> tuple[int, int]:
+    """Run the CLI in a subprocess, SIGKILL it as soon as ``watch`` holds a finished
+    chunk, and return the file's (questions done, questions asked)."""
+    proc = subprocess.Popen([sys.executable, "-m", "analyses.tomato", *KILL_RUN, "--out", str(out), *extra],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while proc.poll() is None:
+        try:
+            got = T.run_progress(watch) if watch.exists() else None
+        except (StoreError, OSError):  # caught between the copy and the atomic replace
+            got = None
+        if got and got[0] > 0:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill: {err.decode()[-2000:]}"
+    return T.run_progress(watch)
+
+
+def assert_same_files(a: Path, b: Path) -> None:
+    """Every stored array and attribute equal (NaN where NaN), the creation time aside."""
+    ra, rb = CacheReader(a), CacheReader(b)
+    assert ra.results() == rb.results()
+    for k in ("model", "model_fingerprint", "dataset", "config", "kind"):
+        assert ra.attrs[k] == rb.attrs[k], k
+    for k, v in ra.samples.items():
+        np.testing.assert_array_equal(v, rb.samples[k], err_msg=k)
+    for name in ra.results():
+        (x, xa), (y, ya) = ra.result(name), rb.result(name)
+        x, y = np.asarray(x), np.asarray(y)
+        assert xa == ya, name
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.UndefinedMetricWarning)
+        T.main([*KILL_RUN, "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """An --overwrite run over a finished run of another configuration, killed
+    (SIGKILL) once its first chunk is saved; and a copy of what it left, which is
+    what a run straight into --out leaves when killed there (a file's identity
+    does not include its name)."""
+    d = tmp_path_factory.mktemp("killed")
+    out = d / "other.h5"
+    T.save_results(fake_run("A", RUN_A), out)  # another model and configuration
+    old = out.read_bytes()
+    done, asked = kill_after_first_chunk(out, T.beside(out), "--overwrite")
+    plain = tmp_path_factory.mktemp("plain") / "run.h5"
+    shutil.copyfile(T.beside(out), plain)
+    shutil.copyfile(T.residuals_path(T.beside(out)), T.residuals_path(plain))
+    return out, old, done, asked, plain
+
+
+@QUIET
+def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(uninterrupted, killed, capsys):
+    *_, done, asked, out = killed
+    assert asked == 8 and 0 < done < 8
+    with pytest.raises(ValueError, match=f"not finished \\({done} of 8 questions done\\)"):
+        T.load_results(out)
+    part = T.load_results(out, partial=True)
+    assert len(part.ids) == done and not part.cos  # the order analysis needs every question
+    capsys.readouterr()
+    T.main([*KILL_RUN, "--out", str(out)])
+    assert f"resuming {out}: {done} of 8 questions already done" in capsys.readouterr().err
+    assert_same_files(out, uninterrupted)
+    assert out.with_suffix(".md").read_text() == uninterrupted.with_suffix(".md").read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run.csv", "run.h5", "run.md"]  # no residuals left
+    # A finished run started again: nothing to run, the same file.
+    T.main([*KILL_RUN, "--out", str(out)])
+    assert f"resuming {out}: 8 of 8 questions already done" in capsys.readouterr().err
+    assert_same_files(out, uninterrupted)
+
+
+@QUIET
+def test_overwrite_replaces_another_run_only_once_finished(uninterrupted, killed, capsys):
+    out, old, done, _, _ = killed
+    nxt = T.beside(out)
+    assert nxt == out.with_name("other.next.h5") and T.run_progress(nxt) == (done, 8)
+    assert out.read_bytes() == old  # killed: the old file stands
+    with pytest.raises(SystemExit, match=r"other.h5 holds a different run \(.*model: 'A' \(in file\) vs "
+                                         r"'tiny-qwen2-vl' \(this run\).*pass --overwrite to replace it"):
+        T.main([*KILL_RUN, "--out", str(out)])
+    capsys.readouterr()
+    T.main([*KILL_RUN, "--out", str(out), "--overwrite"])
+    assert f"resuming {nxt}: {done} of 8 questions already done" in capsys.readouterr().err
+    assert_same_files(out, uninterrupted)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["other.csv", "other.h5", "other.md"]
 
 
 def test_cli_help_explains_every_flag():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tasks.synthetic import render
-from tasks.video import VideoError, count_frames, load_frames, sample_indices, write_video
+from tasks.video import VideoError, count_frames, load_frames, load_frames_at, sample_indices, write_video
 
 
 def level_video(path, n: int, fps: int = 8, size: int = 16):
@@ -136,3 +136,85 @@ def test_write_video_rejects_bad_arrays(tmp_path):
         write_video(tmp_path / "x.mp4", np.zeros((4, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         write_video(tmp_path / "x.mp4", np.zeros((4, 8, 8, 3), np.float32))
+
+
+# ---------------------------------------------------------------- frames at given indices
+def faststart_video(path, n: int, codec: str = "mpeg4"):
+    """Frame t a grey of level 10 + 12 (t % 20) with its index moved to the file's start
+    (faststart), so that a copy cut short still opens and decodes its first frames."""
+    frames = np.stack([np.full((32, 32, 3), 10 + 12 * (t % 20), dtype=np.uint8) for t in range(n)])
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        st = c.add_stream(codec, rate=8)
+        st.width = st.height = 32
+        st.pix_fmt = "yuv420p"
+        for f in frames:
+            for pk in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pk)
+        for pk in st.encode():
+            c.mux(pk)
+    return path
+
+
+def test_load_frames_at_equals_uniform_sampling_and_keeps_the_order_asked(tmp_path):
+    p = tmp_path / "levels.mp4"
+    level_video(p, 20)
+    every = load_frames(p)
+    for n in (1, 4, 8, 16, 20, 30):  # 30 > 20: repeated indices, as load_frames repeats them
+        np.testing.assert_array_equal(load_frames_at(p, sample_indices(20, n)), load_frames(p, n), err_msg=str(n))
+    got = load_frames_at(p, [13, 2, 13, 0, 19])
+    assert got.dtype == np.uint8 and got.shape == (5, 16, 16, 3)
+    assert frame_ids(got) == [13, 2, 13, 0, 19]
+    np.testing.assert_array_equal(got, every[[13, 2, 13, 0, 19]])
+    np.testing.assert_array_equal(load_frames_at(p, np.array([7], dtype=np.uint8)), every[7:8])
+    np.testing.assert_array_equal(load_frames_at(p, sample_indices(20, 4), size=8), load_frames(p, 4, size=8))
+
+
+def test_load_frames_at_decodes_no_further_than_the_last_index(tmp_path):
+    good = faststart_video(tmp_path / "long.mp4", 40)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.8)])  # the index survives; the last frames' data do not
+    assert frame_ids(load_frames_at(cut, [2, 0, 1])) == [2, 0, 1]  # the damage lies past frame 2
+    np.testing.assert_array_equal(load_frames_at(cut, [0, 1, 2]), load_frames_at(good, [0, 1, 2]))
+    with pytest.raises(VideoError, match=r"cut.mp4: is truncated or corrupt: the container declares 40 frames "
+                                         r"but only \d+ decode"):
+        load_frames_at(cut, [0, 39])
+    with pytest.raises(VideoError, match="cut.mp4: is truncated"):
+        load_frames(cut, 8)  # sampling uniformly needs the last frame
+
+
+def test_load_frames_at_errors_name_the_file(tmp_path):
+    p = tmp_path / "twelve.mp4"
+    level_video(p, 12)
+    with pytest.raises(VideoError, match=r"twelve.mp4: frame index 12 is out of range: the video has 12 frames") as e:
+        load_frames_at(p, [3, 12])
+    assert e.value.path == str(p)
+    with pytest.raises(VideoError, match=r"twelve.mp4: frame index -1 is out of range"):
+        load_frames_at(p, [0, -1])
+    with pytest.raises(ValueError, match="twelve.mp4"):
+        load_frames_at(p, [])
+    with pytest.raises(ValueError, match="integers.*twelve.mp4"):
+        load_frames_at(p, [1.5])
+    with pytest.raises(VideoError, match="nothere.mp4.*does not exist"):
+        load_frames_at(tmp_path / "nothere.mp4", [0])
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoError, match="empty.mp4.*empty"):
+        load_frames_at(tmp_path / "empty.mp4", [0])
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoError, match="junk.mp4"):
+        load_frames_at(junk, [0])
+    good = tmp_path / "good.mp4"
+    level_video(good, 20, size=32)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # index at the end: lost
+    with pytest.raises(VideoError, match="cut.mp4"):
+        load_frames_at(cut, [0])
+    zero = tmp_path / "zero.avi"
+    with av.open(str(zero), "w") as c:
+        st = c.add_stream("mpeg4", rate=8)
+        st.width = st.height = 32
+        st.pix_fmt = "yuv420p"
+        c.start_encoding()
+    with pytest.raises(VideoError, match="zero.avi.*no decodable frames"):
+        load_frames_at(zero, [0])
