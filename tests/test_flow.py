@@ -24,14 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = "tiny-llava-next"
 TINY_TASKS, TINY_FRAMES, TINY_LIMIT = ["direction", "static_color"], 2, 2
 TINY_EDGES = ["cross_frame", "video_last", "video->question,trailing,last"]
+TINY_PATHWAYS = "CF=2-3,VQ=2-5,QL=4-6"
+TINY_ARGS = ["--model", TINY, "--tasks", ",".join(TINY_TASKS), "--limit", str(TINY_LIMIT), "--frames", str(TINY_FRAMES),
+             "--samples", "all", "--window", "2", "--edges", ",".join(TINY_EDGES), "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("flow") / "flow-tiny.h5"
-    res = flow.main(["--model", TINY, "--tasks", ",".join(TINY_TASKS), "--limit", str(TINY_LIMIT),
-                     "--frames", str(TINY_FRAMES), "--samples", "all", "--window", "2",
-                     "--edges", ",".join(TINY_EDGES), "--no-progress", "--out", str(out)])
+    res = flow.main(TINY_ARGS + ["--pathways", TINY_PATHWAYS, "--random-seeds", "2", "--out", str(out)])
     return res, out
 
 
@@ -72,7 +73,7 @@ def test_tiny_run_writes_file_and_figures(tiny_run, tiny):
     # sweep of it gives finite values, and cross-frame with 2 frames too
     assert np.isfinite(res["flow"]["cross_frame"]).all()
     figs = out.with_name(out.stem + "_figures")
-    for stem in ("flow", "flow_answer", "layerwise"):
+    for stem in ("flow", "flow_answer", "flow_acc", "layerwise", "pathways"):
         for ext in (".png", ".pdf"):
             assert (figs / (stem + ext)).stat().st_size > 1000
 
@@ -106,10 +107,40 @@ def test_flow_value_equals_a_plain_forward_under_knockout(tiny_run, tiny):
         assert res["flow_correct"][e][i, c] == float(np.argmax(p) == s.answer)
 
 
+def test_pathways_through_the_cli_against_hand_masks(tiny_run, tiny):
+    """The stored pathway probabilities of a sample against a plain eager
+    forward with per-layer masks built by hand from the spans; the stored
+    counts against the hand masks; the random control cuts as many edges."""
+    from test_pathways import additive, hand_pathway_allowed, reference_probs
+
+    res, out = tiny_run
+    pw = res["pathways"]
+    assert pw["attrs"]["pathways"] == TINY_PATHWAYS and pw["attrs"]["seeds"] == [0, 1]
+    assert pw["attrs"]["request"] == {"find": False, "given": TINY_PATHWAYS, "random_seeds": 2, "seed": 0}
+    samples = load_dataset("synthetic", n_frames=TINY_FRAMES, limit=TINY_LIMIT, tasks=TINY_TASKS, seed=0).samples
+    eager = load_model(TINY, attn="eager")
+    L = eager.n_layers
+    ranges = ((2, 3), (2, 5), (4, 6))
+    for i in (0, 3):
+        inputs, layout = build_sample_inputs(eager, samples[i])
+        allowed = hand_pathway_allowed(layout, L, *ranges)
+        p = reference_probs(eager, inputs, [additive(a) for a in allowed], layout.last)[layout.option_ids].numpy()
+        np.testing.assert_allclose(pw["probs"][i, : len(p)], p, atol=1e-5)
+        assert pw["correct"][i] == (np.argmax(p) == samples[i].answer)
+        cut = sum(int((~a).tril().sum()) for a in allowed)
+        T = layout.n_tokens
+        assert pw["blocked"][i] == cut and (pw["random_blocked"][:, i] == cut).all()
+        assert pw["edge_share"][i] == pytest.approx(1 - cut / (L * T * (T + 1) / 2))
+    assert pw["summary"][1] == pytest.approx(pw["correct"].mean())
+    assert pw["summary"][2] == pytest.approx(pw["random_correct"].mean())
+    assert "effective pathways " + TINY_PATHWAYS in flow.pathways_table(res)
+
+
 def test_cli_help_explains_every_flag():
     ap = flow.build_parser()
     text = ap.format_help()
-    for flag in ("--window", "--edges", "--samples", "--figures", "--limit", "--out", "--no-layerwise"):
+    for flag in ("--window", "--edges", "--samples", "--figures", "--limit", "--out", "--no-layerwise", "--pathways",
+                 "--find-pathways", "--tolerance", "--random-seeds", "1-indexed"):
         assert flag in text
     for act in ap._actions:
         if act.option_strings and act.help != "==SUPPRESS==":
@@ -135,6 +166,121 @@ def test_notebook_redraws_from_the_file(tiny_run, tmp_path, monkeypatch):
     assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 2
     text = "".join(o.get("text", "") for o in outputs)
     assert flow.table(res) in text
+    assert flow.pathways_table(res) in text
+
+
+# ---------------------------------------------------------------- output safety
+def _boom(*a, **k):
+    raise AssertionError("recomputed what the file already holds")
+
+
+def test_cli_refuses_resumes_and_overwrites(tiny_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from analyses import pathways as P
+
+    _, src = tiny_run
+    out = tmp_path / "f.h5"
+    shutil.copyfile(src, out)
+    base = TINY_ARGS + ["--out", str(out)]
+    before = out.read_bytes()
+
+    # Another configuration: refused before any compute, naming the file and the key.
+    with pytest.raises(SystemExit) as e:
+        flow.main(base + ["--window", "3"])
+    msg = str(e.value)
+    assert str(out) in msg and "config.window: 2 (in file) vs 3 (this run)" in msg and "--overwrite" in msg
+    assert out.read_bytes() == before
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    with pytest.raises(SystemExit, match="not a chronolens results file"):
+        flow.main(TINY_ARGS + ["--out", str(junk)])
+    assert junk.read_bytes() == b"not hdf5"
+
+    # Same configuration: the flow maps are complete and not recomputed;
+    # pathways of another request are refused, then replaced with --overwrite.
+    monkeypatch.setattr(flow, "flow_maps", _boom)
+    other = "CF=1-2,VQ=1-3,QL=2-4"
+    with pytest.raises(SystemExit) as e:
+        flow.main(base + ["--pathways", other, "--random-seeds", "2"])
+    assert "pathways.given: 'CF=2-3,VQ=2-5,QL=4-6' (in file) vs 'CF=1-2,VQ=1-3,QL=2-4' (this run)" in str(e.value)
+    assert out.read_bytes() == before
+    capsys.readouterr()
+    res = flow.main(base + ["--pathways", other, "--random-seeds", "2", "--overwrite"])
+    assert "flow maps complete, not recomputed" in capsys.readouterr().err
+    assert res["pathways"]["attrs"]["pathways"] == other
+    old = flow.load_results(src)
+    for e_ in TINY_EDGES:
+        np.testing.assert_array_equal(res["flow"][e_], old["flow"][e_])
+    assert not out.with_name(out.name + ".new").exists()
+    # The same request again: nothing to do.
+    monkeypatch.setattr(P, "SampleSet", _boom)
+    flow.main(base + ["--pathways", other, "--random-seeds", "2"])
+    assert "pathway results of this request complete, not recomputed" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    # --overwrite with another configuration: written beside, swapped in at the
+    # end; a run that dies first leaves the old file as it was.
+    cheap = TINY_ARGS[:-5] + ["--edges", "video_last", "--window", "3", "--no-layerwise", "--no-progress",
+                              "--out", str(out)]
+    before = out.read_bytes()
+
+    def dies(rf, res, tasks):
+        rf.write_result("baseline", res["baseline"], {}, overwrite=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flow, "write_results", dies)
+    with pytest.raises(KeyboardInterrupt):
+        flow.main(cheap + ["--overwrite"])
+    assert out.read_bytes() == before
+    assert not out.with_name(out.name + ".new").exists()
+    monkeypatch.undo()
+    res = flow.main(cheap + ["--overwrite"])
+    r = CacheReader(out)
+    assert r.config["window"] == 3 and r.config["edge_list"] == ["video_last"] and "pathways" not in res
+    assert not any(n.startswith("pathways/") for n in r.results())
+
+
+# ---------------------------------------------------------------- a TOMATO folder
+def build_tomato(root: Path) -> Path:
+    """A minimal copy in TOMATO's published format (as tests/test_tomato.py):
+    data/<type>.json keyed by id, videos/<demonstration_type>/<key>.mp4 (PyAV)."""
+    from tasks.video import write_video
+
+    def entry(key, demo, answer):
+        return {"question": "Which way does the object move?", "options": ["left", "right", "up"], "answer": answer,
+                "key": key, "video_source_url": "", "motion_type": "direction", "demonstration_type": demo,
+                "variation": {"counterfactual": 0, "composite": 0, "zoom": 0, "first_person": 0}, "note": ""}
+
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "direction.json").write_text(json.dumps({"0": entry("k0", "human", 1),
+                                                              "1": entry("k1", "object", 2)}))
+    for key, demo, n in (("k0", "human", 6), ("k1", "object", 9)):
+        frames = np.full((n, 16, 16, 3), 30, np.uint8)
+        for t in range(n):
+            frames[t, :, t % 12 : t % 12 + 4] = 220  # a bar moving right
+        write_video(root / f"videos/{demo}/{key}.mp4", frames)
+    return root
+
+
+def test_tomato_folder_end_to_end(tmp_path, tiny):
+    from tasks.video import load_frames
+    from tracing.inputs import build_inputs
+
+    root = build_tomato(tmp_path / "TOMATO")
+    out = tmp_path / "flow-tomato.h5"
+    res = flow.main(["--model", TINY, "--dataset", "tomato", "--data-dir", str(root), "--frames", "2", "--limit", "2",
+                     "--samples", "all", "--window", "2", "--edges", "cross_frame", "--no-layerwise",
+                     "--pathways", "CF=1-2,VQ=1-4,QL=3-8", "--random-seeds", "1", "--no-progress", "--out", str(out)])
+    r = CacheReader(out)
+    assert r.samples["id"].tolist() == ["direction-0", "direction-1"] and r.config["dataset"] == "tomato"
+    assert res["tasks"] == ["direction"] and res["flow"]["cross_frame"].shape == (2, tiny.n_layers)
+    assert np.isfinite(res["flow"]["cross_frame"]).all() and res["pathways"]["probs"].shape == (2, 3)
+    # The baseline against frames decoded by the loader's own reader and a plain forward.
+    for i, (key, demo, ans) in enumerate((("k0", "human", 1), ("k1", "object", 2))):
+        frames = load_frames(root / f"videos/{demo}/{key}.mp4", 2)
+        inputs, layout = build_inputs(tiny, frames, "Which way does the object move?", ["left", "right", "up"], ans)
+        np.testing.assert_allclose(res["baseline"][i, :3], _probs_plain(tiny, inputs, layout), rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------- the organism

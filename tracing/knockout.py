@@ -10,9 +10,12 @@ Pieces, from small to large:
 
 - ``EdgeSet``: a named, serialisable set of (source, target) position ranges;
   ``edges(name, layout)`` builds the named ones of ``EDGE_SETS`` or parses a
-  string such as ``"video->last"`` or ``"frame:0->frame:3"``.
+  string such as ``"video->last"`` or ``"frame:0->frame:3"``. ``DenseEdges``:
+  any set of (query, key) entries as a boolean matrix (e.g. random edges).
 - Layer sets: ``window``, ``default_window``, ``bottom_up``, ``top_down``.
 - ``Knockout``: one condition, an edge set in a set of layers.
+  ``LayeredKnockout``: one condition whose edges differ by layer (the union,
+  per layer, of several (edge set, layers) parts).
 - ``knockout_mask``: the additive ``[1, 1, T, T]`` mask.
 - ``knockout(lm, layout, edge_set, layers)``: a context manager that applies a
   knockout to ordinary forwards and ``generate`` through transformers'
@@ -29,6 +32,7 @@ prompt's source spans stay blocked for every query that is a target.
 """
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -97,6 +101,79 @@ class EdgeSet:
     @classmethod
     def from_dict(cls, d: dict) -> "EdgeSet":
         return cls(d["name"], tuple((tuple(s), tuple(t)) for s, t in d["pairs"]))
+
+
+class DenseEdges:
+    """Arbitrary attention edges to cut, as a boolean matrix: ``matrix[q, k]``
+    True = query q may not read key k. For edge sets that no span pairs
+    describe (the random-edge control of Map the Flow's effective pathways).
+
+    name:   a label.
+    matrix: bool [T, T] over prompt positions; entries above the diagonal
+            are dropped (causality masks them anyway). Positions >= T (e.g.
+            generated tokens) are no target and no source.
+    Equality compares the name and the matrix.
+    """
+
+    def __init__(self, name: str, matrix):
+        m = torch.as_tensor(matrix, dtype=torch.bool, device="cpu")
+        if m.ndim != 2 or m.shape[0] != m.shape[1]:
+            raise ValueError(f"DenseEdges {name!r}: matrix must be square [T, T], got {tuple(m.shape)}")
+        self.name = name
+        self.matrix = m.tril()
+        self._key = (name, self.matrix.shape[0], hashlib.sha1(self.matrix.numpy().tobytes()).digest())
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, DenseEdges) and self._key == other._key
+                and bool(torch.equal(self.matrix, other.matrix)))
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __repr__(self) -> str:
+        return f"DenseEdges({self.name!r}, T={self.matrix.shape[0]}, blocked={self.count()})"
+
+    def count(self) -> int:
+        """Blocked causal entries."""
+        return int(self.matrix.sum())
+
+    def blocked(self, q_start: int, q_end: int, k_end: int, device=None) -> torch.Tensor:
+        """As ``EdgeSet.blocked``: bool [q_end - q_start, k_end]."""
+        out = torch.zeros(q_end - q_start, k_end, dtype=torch.bool)
+        T = self.matrix.shape[0]
+        a, b, kb = min(q_start, T), min(q_end, T), min(k_end, T)
+        if a < b and kb > 0:
+            out[a - q_start : b - q_start, :kb] = self.matrix[a:b, :kb]
+        return out.to(device)
+
+    def first_query(self, n: int) -> int | None:
+        """As ``EdgeSet.first_query``: the first query < n with a blocked key."""
+        rows = torch.nonzero(self.matrix[:n].any(1))
+        return int(rows[0, 0]) if len(rows) else None
+
+    def to_dict(self) -> dict:
+        q, k = torch.nonzero(self.matrix, as_tuple=True)
+        return {"name": self.name, "size": int(self.matrix.shape[0]), "entries": [q.tolist(), k.tolist()]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DenseEdges":
+        m = torch.zeros(d["size"], d["size"], dtype=torch.bool)
+        q, k = d["entries"]
+        m[torch.tensor(q, dtype=torch.long), torch.tensor(k, dtype=torch.long)] = True
+        return cls(d["name"], m)
+
+
+def edges_from_dict(d: dict) -> "EdgeSet | DenseEdges":
+    """``to_dict`` of an EdgeSet or a DenseEdges -> the object."""
+    return DenseEdges.from_dict(d) if "entries" in d else EdgeSet.from_dict(d)
+
+
+def union_blocked(edge_sets, q_start: int, q_end: int, k_end: int, device=None) -> torch.Tensor:
+    """bool [q_end - q_start, k_end]: blocked by any of ``edge_sets``."""
+    out = torch.zeros(q_end - q_start, k_end, dtype=torch.bool, device=device)
+    for es in edge_sets:
+        out |= es.blocked(q_start, q_end, k_end, device=device)
+    return out
 
 
 def _ranges(layout: TokenLayout, spec: str) -> list[Range]:
@@ -210,17 +287,27 @@ def top_down(layer: int, n_layers: int) -> range:
 
 @dataclass(frozen=True)
 class Knockout:
-    """One condition: ``edges`` cut in ``layers``."""
+    """One condition: ``edges`` (an EdgeSet or DenseEdges) cut in ``layers``."""
 
-    edges: EdgeSet
+    edges: EdgeSet | DenseEdges
     layers: tuple[int, ...]
 
+    @property
+    def name(self) -> str:
+        return self.edges.name
+
+    def at(self, layer: int) -> tuple:
+        """The edge sets cut in ``layer`` (empty if none)."""
+        return (self.edges,) if layer in self.layers else ()
+
     @classmethod
-    def of(cls, cond: "Knockout | tuple[EdgeSet, Iterable[int]]") -> "Knockout":
-        if isinstance(cond, Knockout):
+    def of(cls, cond) -> "Knockout | LayeredKnockout":
+        """A ``Knockout``, a ``LayeredKnockout`` (returned as is), or a pair
+        (EdgeSet or DenseEdges, layers)."""
+        if isinstance(cond, (Knockout, LayeredKnockout)):
             return cond
         es, layers = cond
-        if not isinstance(es, EdgeSet):
+        if not isinstance(es, (EdgeSet, DenseEdges)):
             raise TypeError(f"condition: expected (EdgeSet, layers), got {type(es).__name__} first")
         return cls(es, tuple(sorted(set(int(l) for l in layers))))
 
@@ -229,7 +316,64 @@ class Knockout:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Knockout":
-        return cls(EdgeSet.from_dict(d["edges"]), tuple(d["layers"]))
+        return cls(edges_from_dict(d["edges"]), tuple(d["layers"]))
+
+
+@dataclass(frozen=True)
+class LayeredKnockout:
+    """One condition whose cut edges differ by layer: in layer l, the union of
+    the edge sets of the ``parts`` whose layers include l (Map the Flow's
+    effective pathways keep each edge type in its own layer range).
+
+    Build it from parts, ``LayeredKnockout.of(name, [(edge_set, layers), ...])``,
+    or from a mapping, ``LayeredKnockout.per_layer(name, {layer: edge_set(s)})``.
+    ``KnockoutRunner.run``/``naive_run`` and ``knockout()`` take it wherever
+    they take a ``Knockout``.
+    """
+
+    name: str
+    parts: tuple[Knockout, ...]
+
+    @classmethod
+    def of(cls, name: str, parts) -> "LayeredKnockout":
+        return cls(name, tuple(Knockout.of(p) for p in parts))
+
+    @classmethod
+    def per_layer(cls, name: str, mapping: dict) -> "LayeredKnockout":
+        """mapping: layer -> an edge set or a sequence of edge sets."""
+        parts = []
+        for layer, sets in sorted(mapping.items()):
+            for es in (sets if isinstance(sets, (list, tuple)) else [sets]):
+                parts.append(Knockout.of((es, [layer])))
+        return cls(name, tuple(parts))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Every layer some part cuts edges in, sorted."""
+        return tuple(sorted({l for p in self.parts for l in p.layers}))
+
+    def at(self, layer: int) -> tuple:
+        return tuple(p.edges for p in self.parts if layer in p.layers)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "parts": [p.to_dict() for p in self.parts]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayeredKnockout":
+        return cls(d["name"], tuple(Knockout.from_dict(p) for p in d["parts"]))
+
+
+def condition_from_dict(d: dict) -> "Knockout | LayeredKnockout":
+    """``to_dict`` of a Knockout or a LayeredKnockout -> the object."""
+    return LayeredKnockout.from_dict(d) if "parts" in d else Knockout.from_dict(d)
+
+
+def _plan(cond, n: int, n_layers: int) -> list[tuple]:
+    """Per layer, the edge sets of ``cond`` that cut something causality
+    allows among positions < n (the others change nothing)."""
+    useful: dict = {}
+    return [tuple(es for es in cond.at(l) if useful.setdefault(es, es.first_query(n) is not None))
+            for l in range(n_layers)]
 
 
 def window_sweep(edge_set: EdgeSet, n_layers: int, k: int | None = None) -> list[Knockout]:
@@ -246,7 +390,8 @@ def causal_mask(q_start: int, q_end: int, k_end: int, dtype: torch.dtype, device
     return torch.zeros(q_end - q_start, k_end, dtype=dtype, device=device).masked_fill_(k > q, torch.finfo(dtype).min)
 
 
-def knockout_mask(layout: TokenLayout, edge_set: EdgeSet, T: int | None = None, dtype=torch.float32, device=None) -> torch.Tensor:
+def knockout_mask(layout: TokenLayout, edge_set: "EdgeSet | DenseEdges", T: int | None = None, dtype=torch.float32,
+                  device=None) -> torch.Tensor:
     """Additive mask [1, 1, T, T]: causal, with the blocked entries assigned
     ``finfo(dtype).min``. T defaults to the prompt length; a larger T (prompt
     plus generated tokens) follows the generation rule of this module."""
@@ -259,26 +404,39 @@ def knockout_mask(layout: TokenLayout, edge_set: EdgeSet, T: int | None = None, 
 
 
 @contextmanager
-def knockout(lm, layout: TokenLayout, edge_set: EdgeSet, layers: Iterable[int]):
+def knockout(lm, layout: TokenLayout, edge_set, layers: Iterable[int] | None = None):
     """Apply a knockout to every forward (and ``generate``) of ``lm`` inside
     the block, through the attention registry: under eager or sdpa, in the
-    given layers only. Queries are taken to be the last Q of the K keys (one
-    unpadded sequence per batch row, aligned with ``layout``)."""
-    layers = sorted(set(int(l) for l in layers))
-    cache: dict[tuple[int, int], torch.Tensor] = {}
+    given layers only. ``edge_set`` is an EdgeSet or DenseEdges with
+    ``layers``, or a whole condition (``Knockout`` / ``LayeredKnockout``,
+    ``layers`` None) whose edges may differ by layer. Queries are taken to be
+    the last Q of the K keys (one unpadded sequence per batch row, aligned
+    with ``layout``)."""
+    if isinstance(edge_set, (Knockout, LayeredKnockout)):
+        if layers is not None:
+            raise ValueError("knockout: a Knockout/LayeredKnockout carries its own layers; pass layers=None")
+        cond = edge_set
+    else:
+        if layers is None:
+            raise ValueError("knockout: layers are required with an edge set")
+        cond = Knockout.of((edge_set, layers))
+    per_layer = {l: cond.at(l) for l in cond.layers}
+    cache: dict = {}
 
-    def fn(base, module, query, key, value, attention_mask, **kwargs):
+    def fn(sets, base, module, query, key, value, attention_mask, **kwargs):
         Q, K = query.shape[2], key.shape[2]
-        if (Q, K) not in cache:  # one per forward shape, shared by the layers
+        if cache.get("shape") != (Q, K):  # per forward shape, shared by the layers with the same edge sets
             cache.clear()
-            cache[(Q, K)] = edge_set.blocked(K - Q, K, K, device=query.device)
-        blocked = cache[(Q, K)]
+            cache["shape"] = (Q, K)
+        if sets not in cache:
+            cache[sets] = union_blocked(sets, K - Q, K, K, device=query.device)
+        blocked = cache[sets]
         if attention_mask is None:  # only if some caller bypassed the registered mask builder
             attention_mask = causal_mask(K - Q, K, K, query.dtype, query.device)[None, None]
         attention_mask = attention_mask.masked_fill(blocked, torch.finfo(attention_mask.dtype).min)
         return base(module, query, key, value, attention_mask, **kwargs)
 
-    with attention_overrides(lm, {l: fn for l in layers}):
+    with attention_overrides(lm, {l: partial(fn, sets) for l, sets in per_layer.items()}):
         yield
 
 
@@ -310,9 +468,6 @@ class _SuffixCache:
             return self.k, self.v
         exp = (self.b, -1, -1, -1)
         return torch.cat([self.pk.expand(*exp), self.k], 2), torch.cat([self.pv.expand(*exp), self.v], 2)
-
-
-_NONE = EdgeSet("none", ())
 
 
 class KnockoutRunner:
@@ -407,7 +562,7 @@ class KnockoutRunner:
         self._lang_kwargs["inputs_embeds"] = seen["h"]
         self.hidden = [seen["h"]]  # input of layer l, [1, last + 1, d]; filled by the pass below
         self.keys = self.values = None
-        self.clean_logits = self._layers(0, [Knockout(_NONE, (0,))], {"token_layers": 0}, record=True)[0]
+        self.clean_logits = self._layers(0, [[()] * lm.n_layers], [0], {"token_layers": 0}, record=True)[0]
 
     def _probs(self, logits: torch.Tensor, token_ids) -> torch.Tensor:
         p = torch.softmax(logits.float(), -1)
@@ -420,7 +575,8 @@ class KnockoutRunner:
 
     # -- the fast path -------------------------------------------------------
     def run(self, conditions, token_ids: Sequence[int] | None = None) -> torch.Tensor:
-        """conditions: list of ``Knockout`` or (EdgeSet, layers).
+        """conditions: list of ``Knockout``, ``LayeredKnockout`` or
+        (EdgeSet | DenseEdges, layers).
         -> full-vocabulary probabilities [n_conditions, n_options] of the
         option letters (or [n_conditions, len(token_ids)]), in order."""
         return self._probs(self.logits(conditions), self.layout.option_ids if token_ids is None else token_ids)
@@ -430,42 +586,48 @@ class KnockoutRunner:
         """Last-position logits [n_conditions, V] under each knockout.
         ``last_stats`` then holds the token-layers recomputed, the minimum
         the knockouts require (sum of (last + 1 - q0) x (L - l0)) and the
-        naive count (T x L per condition)."""
+        naive count (T x L per condition).
+
+        A condition whose edges differ by layer (``LayeredKnockout``) is exact
+        the same way: q0 is its first blocked query over all layers, l0 its
+        first layer that cuts anything; each layer gets its own mask."""
         conds = [Knockout.of(c) for c in conditions]
         L, end = self.lm.n_layers, self.end
         for c in conds:
             if c.layers and not 0 <= c.layers[0] <= c.layers[-1] < L:
-                raise ValueError(f"condition {c.edges.name!r}: layers {list(c.layers)} outside [0, {L})")
+                raise ValueError(f"condition {c.name!r}: layers {list(c.layers)} outside [0, {L})")
         out = self.clean_logits.expand(len(conds), -1).clone()
-        groups: dict[int, list[int]] = {}
-        for i, c in enumerate(conds):
-            q0 = c.edges.first_query(end)
-            if c.layers and q0 is not None:  # otherwise the answer cannot change: the clean logits
-                groups.setdefault(q0, []).append(i)
+        plans = [_plan(c, end, L) for c in conds]
+        firsts, groups = {}, {}
+        for i, plan in enumerate(plans):
+            qs = [es.first_query(end) for sets in plan for es in sets]
+            if qs:  # otherwise the answer cannot change: the clean logits
+                firsts[i] = next(l for l in range(L) if plan[l])
+                groups.setdefault(min(qs), []).append(i)
         stats = {"token_layers": 0, "minimum": 0, "naive": len(conds) * self.T * L}
         for q0, idx in groups.items():
-            idx.sort(key=lambda i: conds[i].layers[0])
-            stats["minimum"] += sum((end - q0) * (L - conds[i].layers[0]) for i in idx)
+            idx.sort(key=lambda i: firsts[i])
+            stats["minimum"] += sum((end - q0) * (L - firsts[i]) for i in idx)
             scores = self.lm.text_config.num_attention_heads * min(self.chunk or end, end - q0) * end
             size = max(1, min(self.max_batch, self.max_scores // scores))
             for b in range(0, len(idx), size):
                 part = idx[b : b + size]
-                out[part] = self._layers(q0, [conds[i] for i in part], stats)
+                out[part] = self._layers(q0, [plans[i] for i in part], [firsts[i] for i in part], stats)
         self.last_stats = stats
         return out
 
-    def _layers(self, q0: int, conds: list[Knockout], stats: dict, record: bool = False) -> torch.Tensor:
+    def _layers(self, q0: int, plans: list[list[tuple]], firsts: list[int], stats: dict,
+                record: bool = False) -> torch.Tensor:
         """Positions q0..last through the layers from the first condition's
         first layer on, each condition joining at its own first layer.
-        conds: sorted by first layer, all with first blocked query >= q0.
+        plans: per condition, per layer, the edge sets cut (``_plan``);
+        firsts: each condition's first layer, sorted; every blocked query >= q0.
         record: keep every layer's input and keys/values (the clean run).
         -> last-position logits [B, V]."""
         lm, L, end = self.lm, self.lm.n_layers, self.end
         dev, fmin = self.hidden[0].device, torch.finfo(self.dtype).min
-        first = conds[0].layers[0]
-        rows = [sum(c.layers[0] <= l for c in conds) for l in range(L)]  # batch rows at layer l
-        active = torch.tensor([[l in c.layers and c.edges.first_query(end) is not None for l in range(L)]
-                               for c in conds], device=dev)  # [B, L]
+        first = firsts[0]
+        rows = [sum(f <= l for f in firsts) for l in range(L)]  # batch rows at layer l
         caches = [None] * first + [_SuffixCache(None if q0 == 0 else self.keys[l][:, :, :q0],
                                                 None if q0 == 0 else self.values[l][:, :, :q0], rows[l])
                                    for l in range(first, L)]
@@ -476,21 +638,23 @@ class KnockoutRunner:
             rope = tuple(x[..., a:b, :] for x in self.rope)
             pos = None if self.position_ids is None else self.position_ids[..., a:b]
             causal = causal_mask(a, b, b, self.dtype, dev)[None, None]  # [1, 1, b-a, b]: keys up to the chunk's end
-            cut = None  # every condition's knockout mask for this chunk, built when first needed
+            blocked: dict = {}  # edge sets -> their union's bool [b-a, b] for this chunk, built when first needed
+            last_key, mask = None, causal
             h = self.hidden[first][:, a:b].expand(rows[first], -1, -1)
             for l in range(first, L):
                 if h.shape[0] < rows[l]:  # conditions whose window starts here join
                     h = torch.cat([h, self.hidden[l][:, a:b].expand(rows[l] - h.shape[0], -1, -1)])
                 if record:
                     inputs[l].append(h)
-                B, act = rows[l], active[: rows[l], l]
-                if not act.any():  # nothing blocked in this layer: the plain causal mask, shared
-                    mask = causal
-                else:
-                    if cut is None:
-                        blocked = torch.stack([c.edges.blocked(a, b, b, device=dev) for c in conds])[:, None]
-                        cut = causal.expand(len(conds), 1, -1, -1).masked_fill(blocked, fmin)
-                    mask = cut[:B] if act.all() else torch.where(act[:, None, None, None], cut[:B], causal)
+                B = rows[l]
+                sets = tuple(plans[i][l] for i in range(B))
+                if not any(sets):  # nothing blocked in this layer: the plain causal mask, shared
+                    mask, last_key = causal, None
+                elif sets != last_key:  # consecutive layers with the same cuts share one mask
+                    for es in set(sets) - set(blocked):
+                        blocked[es] = union_blocked(es, a, b, b, device=dev)
+                    cut = torch.stack([blocked[es] for es in sets])[:, None]  # () -> nothing blocked
+                    mask, last_key = causal.expand(B, 1, -1, -1).masked_fill(cut, fmin), sets
                 kw = dict(position_embeddings=rope, position_ids=pos, past_key_values=caches[l], use_cache=True)
                 stats["token_layers"] += B * (b - a)
                 if l < L - 1:
@@ -520,20 +684,27 @@ class KnockoutRunner:
     def naive_run(self, conditions, token_ids: Sequence[int] | None = None, reencode: bool = True) -> torch.Tensor:
         """As the paper's code: one full forward of the model per condition,
         the selected layers patched to use a knockout mask repeated per head
-        ([1, H, T, T]). reencode=False reuses the clean run's video features
+        ([1, H, T, T]; per layer for a ``LayeredKnockout``). reencode=False reuses the clean run's video features
         and runs only the language model. -> probabilities as ``run``."""
         lm, T = self.lm, self.T
         lang = lm.module(lm.family.layers.rsplit(".", 1)[0])
         H = lm.text_config.num_attention_heads
         rows = []
         for c in map(Knockout.of, conditions):
-            mask = knockout_mask(self.layout, c.edges, T, self.dtype, self.hidden[0].device).repeat(1, H, 1, 1)
+            masks = {}  # edge sets -> [1, H, T, T], shared by the layers that cut the same ones
+            for l in c.layers:
+                sets = c.at(l)
+                if sets not in masks:
+                    m = causal_mask(0, T, T, self.dtype, self.hidden[0].device)
+                    m.masked_fill_(union_blocked(sets, 0, T, T, device=m.device), torch.finfo(self.dtype).min)
+                    masks[sets] = m[None, None].repeat(1, H, 1, 1)
 
-            def patch(mod, args, kwargs):
+            def patch(mask, mod, args, kwargs):
                 kwargs["attention_mask"] = mask
                 return args, kwargs
 
-            hooks = [lm.layers[l].register_forward_pre_hook(patch, with_kwargs=True) for l in c.layers]
+            hooks = [lm.layers[l].register_forward_pre_hook(partial(patch, masks[c.at(l)]), with_kwargs=True)
+                     for l in c.layers]
             try:
                 if reencode:
                     logits = lm.model(**self.inputs, use_cache=False).logits[0, self.layout.last]
