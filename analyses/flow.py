@@ -489,12 +489,20 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--random-seeds", type=int, default=3,
                     help="seeds of the random-edge control (same number of causal edges cut at random among positions "
                          ">= the first video token); 0: no control")
+    lens = ap.add_argument_group("logit lens on video tokens (analyses/lens.py; also python -m analyses.lens)")
+    lens.add_argument("--lens", action="store_true",
+                      help="also run the logit lens on the video tokens (residual stream entering each layer against "
+                           "the input embedding and the unembedding) and count top-1 words of --lens-words per layer "
+                           "bin; stored under /results/lens, figures lens_*")
+    lens.add_argument("--lens-words", default="auto",
+                      help="word lists: a preset ('synthetic', 'paper'; auto picks by --dataset), "
+                           "'spatial=left,right;temporal=first,then', or a JSON file {list: [words]}")
     return ap
 
 
-# Arguments of the pathways step: recorded with its results, not in the
-# file's configuration, so that a file of flow maps can be extended with them.
-PATHWAY_ARGS = ("pathways", "find_pathways", "tolerance", "pathway_threshold", "random_seeds")
+# Arguments of the pathways and lens steps: recorded with their results, not in
+# the file's configuration, so that a file of flow maps can be extended with them.
+PATHWAY_ARGS = ("pathways", "find_pathways", "tolerance", "pathway_threshold", "random_seeds", "lens", "lens_words")
 
 
 def pathway_request(a, given=None) -> dict | None:
@@ -731,6 +739,15 @@ def main(argv=None) -> dict:
             write_pathways(rf, ev, request, lm.n_layers, found)
         elif request is not None:
             print(f"{out}: pathway results of this request complete, not recomputed", file=sys.stderr)
+        if a.lens:
+            from analyses import lens as lens_mod
+
+            if "lens/bins" in rf.reader().results():
+                print(f"{out}: logit lens complete, not recomputed (--overwrite to redo it)", file=sys.stderr)
+            else:
+                lres = lens_mod.lens_analysis(lm, samples, lens_mod.parse_words(a.lens_words, a.dataset),
+                                              progress=progress)
+                lens_mod.write_results(rf, lres, prefix="lens")
     except BaseException:
         target.abandon()  # an --overwrite run that fails leaves the old file as it was
         raise
@@ -740,6 +757,12 @@ def main(argv=None) -> dict:
     print(table(back))
     if "pathways" in back:
         print(pathways_table(back))
+    if a.lens:
+        from analyses import lens as lens_mod
+
+        lres = lens_mod.load_results(out, prefix="lens")
+        paths += lens_mod.save_figures(lres, figures, prefix="lens")
+        print(lens_mod.table(lres))
     print(f"wrote {out}, {', '.join(paths)}", file=sys.stderr)
     return back
 

@@ -32,7 +32,7 @@ TINY_ARGS = ["--model", TINY, "--tasks", ",".join(TINY_TASKS), "--limit", str(TI
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("flow") / "flow-tiny.h5"
-    res = flow.main(TINY_ARGS + ["--pathways", TINY_PATHWAYS, "--random-seeds", "2", "--out", str(out)])
+    res = flow.main(TINY_ARGS + ["--pathways", TINY_PATHWAYS, "--random-seeds", "2", "--lens", "--out", str(out)])
     return res, out
 
 
@@ -316,3 +316,17 @@ def test_organism_cross_frame_knockout_leaves_static_control(organism):
     print(f"organism static_color: clean {clean.mean():.3f}, cross-frame cut {ko.mean():.3f}")
     assert clean.mean() >= 0.9
     assert abs(ko.mean() - clean.mean()) <= 1 / 12 + 1e-9  # at most one answer of 12 changes
+
+
+def test_lens_step_stores_the_lens_of_the_same_samples(tiny_run, tiny):
+    from analyses import lens
+
+    _, out = tiny_run
+    back = lens.load_results(out)
+    samples = load_dataset("synthetic", n_frames=TINY_FRAMES, limit=TINY_LIMIT, tasks=TINY_TASKS, seed=0).samples
+    direct = lens.lens_analysis(tiny, samples, lens.parse_words("auto", "synthetic"), progress=False, warn=False)
+    for r in direct["readouts"]:
+        np.testing.assert_array_equal(back["topk_ids"][r], direct["topk_ids"][r])
+        np.testing.assert_array_equal(back["word"][r]["counts"], direct["word"][r]["counts"])
+    figs = out.with_name(out.stem + "_figures")
+    assert (figs / "lens_words.png").exists() and (figs / "lens_words.pdf").exists()
