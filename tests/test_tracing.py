@@ -177,3 +177,41 @@ def test_capture_cli_writes_and_resumes(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     bad = subprocess.run(cmd[:-2] + ["--seed", "1", "--out", str(out)], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and str(out) in bad.stderr
+
+
+def test_capture_dataset_varied_lengths_no_probe_forward_and_resume(tmp_path):
+    """Samples of different lengths (positions='all'): each stored value equals a
+    direct capture; the largest sample bounds the file's shapes without a
+    throwaway probe forward (one forward per sample), and a resume reads the
+    shapes from the file (one forward per pending sample)."""
+    import h5py
+
+    from tasks.types import Sample
+    from tracing.capture import capture_dataset
+
+    lm = load_model("tiny-llava-onevision")
+    samples = [Sample(f"s{i}", "t", q, ["left", "right"], i % 2, frames=FRAMES[:n])
+               for i, (n, q) in enumerate([(2, "Which way?"), (4, "Which way does the object move?"), (3, "Which?")])]
+    forwards = []
+    hook = lm.module(lm.family.embed).register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        out = tmp_path / "var.h5"
+        capture_dataset(lm, samples, ["embed", "blocks.2.hook_resid_post"], out, positions="all", progress=False)
+        assert len(forwards) == len(samples)
+        r = CacheReader(out)
+        got = r.acts("blocks.2.hook_resid_post")
+        assert r.samples["complete"].all() and [g.shape[0] for g in got] == [
+            build_inputs(lm, s.frames, s.question, s.options)[1].n_tokens for s in samples]
+        for i, s in enumerate(samples):
+            inp, lay = build_inputs(lm, s.frames, s.question, s.options)
+            ref = capture(lm, inp, lay, ["blocks.2.hook_resid_post"])["blocks.2.hook_resid_post"]
+            np.testing.assert_array_equal(got[i], ref.numpy())
+            assert r.layout(i)["n_tokens"] == lay.n_tokens
+        with h5py.File(out, "r+") as f:  # as if killed before sample 0's flag was set
+            f["samples/complete"][0] = False
+        forwards.clear()
+        capture_dataset(lm, samples, ["embed", "blocks.2.hook_resid_post"], out, positions="all", progress=False)
+        assert len(forwards) == 1 and CacheReader(out).samples["complete"].all()
+        np.testing.assert_array_equal(CacheReader(out).acts("blocks.2.hook_resid_post", [0])[0], got[0])
+    finally:
+        hook.remove()

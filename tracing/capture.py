@@ -1,12 +1,17 @@
-"""Activation capture through nnsight at canonical hook names.
+"""Activation capture at canonical hook names, through nnsight (every model) or
+TransformerLens (text models; tracing/hooked.py).
 
     acts = capture(lm, inputs, layout, ["blocks.3.hook_resid_post"], positions="frame_mean")
+    acts = capture(lm, inputs, layout, ["resid_post"], backend="transformer_lens")  # text LLMs
 
-Lazy: only what is asked for is kept, and only at the chosen positions.
+Lazy: only what is asked for is kept, and only at the chosen positions. Both
+backends give the same names, shapes and (to float rounding) values.
 Also the CLI that streams captures of a dataset into an HDF5 cache:
 ``python -m tracing.capture --model organism --hooks resid_post --positions frame_mean``.
 """
 from __future__ import annotations
+
+import json
 
 import torch
 from nnsight import NNsight
@@ -15,6 +20,7 @@ from .hooks import HookPoint, expand, resolve
 from .layout import TokenLayout
 
 POSITIONS = ("all", "video", "frame_mean", "frames", "last")
+BACKENDS = ("nnsight", "transformer_lens")
 
 
 def _envoy(nm, path: str):
@@ -59,6 +65,9 @@ def select(x: torch.Tensor, layout: TokenLayout, positions: str, point: HookPoin
     elif positions == "video":
         out = x[layout.video.start : layout.video.end]
     elif positions in ("frame_mean", "frames"):
+        if not layout.frame_groups:
+            raise ValueError(f"positions={positions!r}: this prompt has no frames (a text prompt?); "
+                             f"use all, last or a TokenLayout span name")
         per = torch.stack([x[s.start : s.end] for s in layout.frame_groups])
         out = per.mean(1) if positions == "frame_mean" else per
     else:
@@ -68,12 +77,19 @@ def select(x: torch.Tensor, layout: TokenLayout, positions: str, point: HookPoin
 
 
 def capture(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, positions: str = "all",
-            layers: list[int] | None = None) -> dict[str, torch.Tensor]:
+            layers: list[int] | None = None, backend: str = "nnsight") -> dict[str, torch.Tensor]:
     """Run one forward pass and return {hook name: tensor at the chosen positions}.
 
     hooks: canonical names or shorthands (see tracing/hooks.py). Patterns need
-    the model loaded with attn='eager'.
+    the model loaded with attn='eager' under nnsight. backend: 'nnsight' (every
+    model) or 'transformer_lens' (text models only: TL has no vision towers).
     """
+    if backend == "transformer_lens":
+        from .hooked import capture_hooked
+
+        return capture_hooked(lm, inputs, layout, hooks, positions, layers)
+    if backend != "nnsight":
+        raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     names = expand(lm, hooks, layers)
     points = [resolve(lm, n) for n in names]
     # One wrapper per model: building it walks the module tree every time.
@@ -117,42 +133,88 @@ def _shape_bound(shape: tuple, layout: TokenLayout, positions: str, point: HookP
 
 
 def capture_dataset(lm, samples, hooks, out, positions: str = "all", layers=None, float16: bool = False,
-                    dataset: str = "synthetic", config: dict | None = None, progress: bool = True):
+                    dataset: str = "synthetic", config: dict | None = None, progress: bool = True,
+                    backend: str = "nnsight", context=None):
     """Capture ``hooks`` for every sample into the HDF5 cache ``out``, one sample
     at a time (memory flat in the number of samples). A re-run with the same
     configuration resumes; another configuration is refused by the store.
+
+    context: None, or a function sample -> text shown in place of the video
+    (e.g. ``tasks.synthetic.caption_prompt``, the T3 text form): what a
+    text-only model reads. backend: see ``capture``.
     Returns the list of (sample id, reason) that were skipped."""
     from tqdm import tqdm
 
     from .inputs import build_sample_inputs
     from .store import CacheWriter, SampleMeta
 
+    if backend == "transformer_lens":
+        from .hooked import check_text_model
+
+        check_text_model(lm)  # before anything is built or written
     names = expand(lm, hooks, layers)
     points = {n: resolve(lm, n) for n in names}
-    # Layouts first (no forward) so every hook's largest shape is known up front;
-    # only the layouts are kept, so memory does not grow with the sample count.
+
+    def build(s):
+        return build_sample_inputs(lm, s, context=None if context is None else context(s))
+
+    # Layouts first (inputs are built, no forward; a few ms a sample) so that every
+    # hook's largest shape is known before the file is laid out. Only the layouts
+    # are kept, so memory does not grow with the sample count.
     prepared, skipped = [], []
     for s in samples:
         try:
-            prepared.append((s, build_sample_inputs(lm, s)[1]))
+            prepared.append((s, build(s)[1]))
         except ValueError as e:
             skipped.append((s.id, str(e)))
     if not prepared:
         raise ValueError(f"no sample could be prepared; first problem: {skipped[:1]}")
-    biggest = max(prepared, key=lambda x: x[1].n_tokens)
-    probe = capture(lm, *build_sample_inputs(lm, biggest[0]), names, positions)
-    spec = {n: (_shape_bound(tuple(v.shape), biggest[1], positions, points[n], biggest[1]),
-                "float16" if float16 else "float32") for n, v in probe.items()}
     metas = [SampleMeta(s.id, s.task, int(s.answer), int(s.answer), {"options": s.options, "question": s.question})
              for s, _ in prepared]
     cfg = {"hooks": names, "positions": positions, **(config or {})}
+    if backend != "nnsight":  # only then, so that caches written before backends existed still resume
+        cfg["backend"] = backend
+
+    def run(i):
+        inputs, layout = build(prepared[i][0])
+        acts = capture(lm, inputs, layout, names, positions, backend=backend)
+        # .numpy() shares the tensor's memory: no copy for float32 on the CPU
+        return {k: v.detach().float().cpu().numpy() for k, v in acts.items()}, layout
+
+    # The largest sample bounds every hook's shape. Rather than a throwaway probe
+    # forward, it is captured first and written like any other sample; a resumed
+    # run reads the shapes from its file and needs neither.
+    big = max(range(len(prepared)), key=lambda i: prepared[i][1].n_tokens)
+    first, spec = None, _file_hooks(out)
+    if spec is None:
+        first = run(big)
+        spec = {n: (_shape_bound(v.shape, first[1], positions, points[n], first[1]),
+                    "float16" if float16 else "float32") for n, v in first[0].items()}
     with CacheWriter.open(out, lm.name, lm.fingerprint, dataset, cfg, metas, hooks=spec, float16=float16) as w:
         todo = w.pending()
+        if first is not None and big in todo:
+            todo.remove(big)
+            todo.insert(0, big)
         for i in tqdm(todo, desc=f"capture -> {out}", unit="sample", disable=not progress):
-            inputs, layout = build_sample_inputs(lm, prepared[i][0])
-            acts = capture(lm, inputs, layout, names, positions)
-            w.write_sample(i, {k: v.float().cpu().numpy() for k, v in acts.items()}, layout.to_dict())
+            if first is not None and i == big:
+                (acts, layout), first = first, None
+            else:
+                acts, layout = run(i)
+            w.write_sample(i, acts, layout.to_dict())
     return skipped
+
+
+def _file_hooks(out):
+    """The hook shapes an existing cache was laid out with, or None (no file, or
+    not a cache: CacheWriter.open then names the problem)."""
+    from .store import CacheReader, StoreError
+
+    try:
+        hooks = CacheReader(out).attrs.get("hooks")
+    except (FileNotFoundError, StoreError):
+        return None
+    spec = json.loads(hooks) if isinstance(hooks, str) else None
+    return {k: (tuple(v[0]), v[1]) for k, v in spec.items()} if spec else None
 
 
 def main(argv=None):
@@ -179,23 +241,36 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     ap.add_argument("--device-map", default=None, help="'auto' to spread a large model over GPUs")
+    ap.add_argument("--backend", default="nnsight", choices=BACKENDS,
+                    help="nnsight (every model) or transformer_lens (text models only; no vision towers in TL)")
     ap.add_argument("--out", default=None, help="HDF5 file (default cache/capture-<model>-<dataset>.h5)")
     a = ap.parse_args(argv)
 
     from tasks.datasets import load_dataset  # the CLI alone reads datasets; the core takes Samples
+    from tasks.synthetic import caption_prompt
 
+    pattern = "pattern" in a.hooks and a.backend == "nnsight"  # TL computes patterns itself
+    lm = load_model(a.model, device=a.device, dtype=a.dtype, attn="eager" if pattern else "sdpa",
+                    device_map=a.device_map)
+    if a.backend == "transformer_lens":
+        from .hooked import check_text_model
+
+        try:
+            check_text_model(lm)
+        except ValueError as e:
+            ap.error(str(e))
+    # A text-only model reads the video as its per-frame captions (the T3 text form).
+    context = caption_prompt if lm.family.frame_tokens is None else None
     tasks = a.tasks.split(",") if a.tasks else None
     res = load_dataset(a.dataset, data_dir=a.data_dir, n_frames=a.frames, limit=a.limit, tasks=tasks, seed=a.seed)
     for item, path, why in res.problems:
         print(f"skipped {item} ({path}): {why}")
-    pattern = "pattern" in a.hooks
-    lm = load_model(a.model, device=a.device, dtype=a.dtype, attn="eager" if pattern else "sdpa",
-                    device_map=a.device_map)
     layers = [int(x) for x in a.layers.split(",")] if a.layers else None
     out = a.out or f"cache/capture-{a.model.replace('/', '_')}-{a.dataset}.h5"
     cfg = {"tasks": tasks, "limit": a.limit, "frames": a.frames, "seed": a.seed, "dtype": a.dtype,
            "layers": layers, "data_dir": a.data_dir}
-    skipped = capture_dataset(lm, res.samples, a.hooks, out, a.positions, layers, a.float16, a.dataset, cfg)
+    skipped = capture_dataset(lm, res.samples, a.hooks, out, a.positions, layers, a.float16, a.dataset, cfg,
+                              backend=a.backend, context=context)
     for sid, why in skipped:
         print(f"skipped {sid}: {why}")
     print(f"wrote {out}")

@@ -28,7 +28,8 @@ HUB_MODELS: dict[str, str] = {
     "qwen2-vl": "Qwen/Qwen2-VL-7B-Instruct",
     "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
 }
-TINY_MODELS = ("tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-qwen2.5-vl")
+TINY_MODELS = ("tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-qwen2.5-vl")  # video models
+TINY_TEXT_MODELS = ("tiny-llama",)  # text-only (causal_lm): kept apart, tests over TINY_MODELS feed frames
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -82,7 +83,7 @@ class LoadedModel:
 
 
 def available() -> list[str]:
-    return ["organism", *HUB_MODELS, *TINY_MODELS]
+    return ["organism", *HUB_MODELS, *TINY_MODELS, *TINY_TEXT_MODELS]
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -108,7 +109,7 @@ def _not_found(name: str, repo: str, why: str) -> ModelNotFoundError:
         f"On a machine with network, fetch it with:\n"
         f"    hf download {repo}\n"
         f"then copy the cache folder here (or set HF_HOME), or pass --model /path/to/the/downloaded/folder.\n"
-        f"Models that need no download: organism, {', '.join(TINY_MODELS)}."
+        f"Models that need no download: organism, {', '.join(TINY_MODELS + TINY_TEXT_MODELS)}."
     )
 
 
@@ -130,7 +131,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def resolve(name: str) -> tuple[str, str]:
     """name -> (kind, source) with kind in 'tiny', 'local', 'hub'."""
-    if name in TINY_MODELS:
+    if name in TINY_MODELS or name in TINY_TEXT_MODELS:
         return "tiny", name
     if name == "organism":
         return "local", str(ORGANISM_DIR)
@@ -139,7 +140,8 @@ def resolve(name: str) -> tuple[str, str]:
     if os.path.isdir(name):
         return "local", name
     if name.startswith("tiny-"):
-        raise ModelNotFoundError(f"unknown tiny model {name!r}; tiny models: {', '.join(TINY_MODELS)}")
+        tiny = ", ".join(TINY_MODELS + TINY_TEXT_MODELS)
+        raise ModelNotFoundError(f"unknown tiny model {name!r}; tiny models: {tiny}")
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return "hub", name
     raise ModelNotFoundError(

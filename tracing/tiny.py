@@ -27,6 +27,10 @@ _WORDS = [
     "What colour appears when is the beginning middle end brighter darker larger smaller Frame a at",
 ]
 
+# tiny-llama reads videos as per-frame captions (the T3 text form): their words too.
+_CAPTION_WORDS = ("Frame 10 11 12 13 14 15 16 : an empty frame and far left centre right top upper middle lower bottom "
+                  "small medium large dark dim bright red green blue yellow square circle flash")
+
 
 def tiny_config(name: str, vocab_size: int, token_ids: dict[str, int]):
     specials = dict(bos_token_id=token_ids["<s>"], eos_token_id=token_ids["</s>"], pad_token_id=token_ids["<pad>"])
@@ -72,6 +76,12 @@ def tiny_config(name: str, vocab_size: int, token_ids: dict[str, int]):
         vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=14,
                       spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
         return transformers.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids)
+    if name == "tiny-llama":
+        # Text only (the causal_lm family): what the TransformerLens backend is tested on.
+        # Grouped-query attention (4 heads, 2 kv heads) exercises TL's GQA path.
+        return transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=2048, **specials)
     raise ValueError(f"unknown tiny model {name!r}")
 
 
@@ -80,17 +90,22 @@ _FAMILY_OF = {
     "tiny-llava-onevision": "llava_onevision",
     "tiny-qwen2-vl": "qwen2_vl",
     "tiny-qwen2.5-vl": "qwen2_5_vl",
+    "tiny-llama": "causal_lm",
 }
+# causal_lm's model_class is an Auto class, which cannot be called on a config.
+_TEXT_CLASS = {"tiny-llama": "LlamaForCausalLM"}
 
 
 def build_tiny(name: str):
     """-> (model, tokenizer, processor_config). Deterministic in ``name``."""
     fam = FAMILIES[_FAMILY_OF[name]]
     words = _WORDS + [fam.prompt.system.replace("<|im_start|>", " ").replace("<|im_end|>", " ")]
+    if name in _TEXT_CLASS:  # only there: the video models' vocabularies (and weights) stay as they were
+        words.append(_CAPTION_WORDS)
     tok = word_tokenizer(words, extra_special=fam.special_tokens)
     ids = {t: tok.convert_tokens_to_ids(t) for t in (*fam.special_tokens, "<s>", "</s>", "<pad>")}
     config = tiny_config(name, len(tok), ids)
-    cls = getattr(transformers, fam.model_class)
+    cls = getattr(transformers, _TEXT_CLASS.get(name, fam.model_class))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(zlib.crc32(name.encode()))
         model = cls(config)
