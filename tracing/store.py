@@ -354,15 +354,18 @@ class CacheWriter:
         if done[i]:  # a rewrite must not look complete while half-written
             done[i] = False
             f.flush()
+        acts_g, shape_g = f["acts"], f["acts_shape"]
         for name, x in acts.items():
             shape, dtype = hooks[name]
-            x = np.asarray(x)
-            # write the whole padded slot, so that padding left by a killed
-            # attempt at a longer sample can never survive a rewrite
-            slot = np.zeros(shape, dtype)
-            slot[tuple(slice(0, d) for d in x.shape)] = x
-            f["acts"][name][i] = slot
-            f["acts_shape"][name][i] = x.shape
+            x = np.ascontiguousarray(x, dtype=dtype)
+            if x.shape != tuple(shape):
+                # write the whole padded slot, so that padding left by a killed
+                # attempt at a longer sample can never survive a rewrite
+                slot = np.zeros(shape, dtype)
+                slot[tuple(slice(0, d) for d in x.shape)] = x
+                x = slot
+            acts_g[name].write_direct(x, dest_sel=np.s_[i])
+            shape_g[name][i] = np.shape(acts[name])
         f["layout"][i] = layout_b
         f["samples/run_meta"][i] = meta_b
         f.flush()
