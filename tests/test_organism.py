@@ -9,30 +9,27 @@ from organism.train import train
 from tracing.registry import ORGANISM_DIR, load_model
 
 pytestmark = pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(), reason="organism checkpoint missing")
-# Tasks that reach the issue's bar; rotation, count and velocity do not yet
-# (the model card gives their numbers) and are checked only against chance.
-AT_BAR = ["direction", "order", "brightness", "size_change", "static_color"]
-BELOW_BAR = ["rotation", "count", "velocity"]
+# Issue 3's tasks, all at its bar (90%; the model card has 100 samples each).
+AT_BAR = ["direction", "rotation", "count", "velocity", "order", "brightness", "size_change", "static_color"]
 
 
 @pytest.fixture(scope="module")
 def table():
     torch.set_num_threads(1)
     lm = load_model("organism")
-    return accuracy_table(lm, AT_BAR + BELOW_BAR, n=40, progress=False)
+    return accuracy_table(lm, AT_BAR, n=40, progress=False)
 
 
 def test_ordered_accuracy(table):
     for t in AT_BAR:
         assert table[t]["ordered"] >= 0.9, (t, table[t])
-    for t in BELOW_BAR:
-        assert table[t]["ordered"] >= table[t]["chance"] + 0.1, (t, table[t])
 
 
 def test_single_frame_and_shuffle_collapse(table):
     # 40 samples, 4 options: chance 0.25, binomial sd ~0.07
-    assert table["direction"]["single"] <= 0.45
-    assert table["direction"]["shuffled"] <= 0.5
+    for t in ("direction", "rotation", "brightness", "size_change"):
+        assert table[t]["single"] <= table[t]["chance"] + 0.2, (t, table[t])
+        assert table[t]["shuffled"] <= table[t]["chance"] + 0.25, (t, table[t])
     assert table["static_color"]["single"] >= 0.9
     assert table["static_color"]["shuffled"] >= 0.9
 
