@@ -167,6 +167,9 @@ def test_notebook_redraws_from_the_file(tiny_run, tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs)
     assert flow.table(res) in text
     assert flow.pathways_table(res) in text
+    from analyses import lens
+
+    assert lens.table(lens.load_results(out)) in text
 
 
 # ---------------------------------------------------------------- output safety
