@@ -25,15 +25,28 @@ question, as the paper does (its referring_begin / _middle / _end probes);
 the reported accuracy is over all test questions of the task. At the last
 position the question has been read, and one probe per task is fitted.
 
+Control tasks (Hewitt & Liang, 2019): every probe is fitted again, with the
+same C, to labels that are a random but fixed function of the sample's input
+type (`input_type`: the question and which colour is on which side, not when),
+drawn from the task's label distribution. Selectivity = probe accuracy -
+control accuracy: how much of the accuracy the probe owes to reading the
+temporal property rather than to memorising what the clips show.
+
     python -m analyses.t3 --model organism --samples 96
 
 Capture once, probe many times: activations go to an HDF5 cache (resumable;
 --cache), probe and model accuracies to the results file (--out) that
-notebooks/t3.ipynb redraws the figures from.
+notebooks/t3.ipynb redraws the figures from. An --out (or --cache) written by
+another configuration is refused, naming the file and what differs;
+--overwrite replaces it: the run writes ``<stem>.next.h5`` beside it and moves
+it over the old file only once complete, so a killed run leaves the old file
+as it was (and a rerun with --overwrite resumes the capture beside it). A
+file of this very configuration is resumed.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -102,6 +115,25 @@ def t3_dataset(tasks: list[str], n_per_task: int, seed: int = 0, n_frames: int =
             + t3_samples(tasks, n_per_task, seed + 1, n_frames, size, test_background, "test", test_shape))
 
 
+def input_type(s: Sample) -> str:
+    """The control-task type of a sample (Hewitt & Liang's word type): what is
+    asked and what the clip shows, but not when. The question, then each
+    object's colour with the half of the frame it sits in, as a sorted set --
+    e.g. 'Which colour appears first?|green:right,red:left'.
+
+    Left out: frame order and timing (the temporal property every T3 task asks
+    about), shape (what the train/test shift changes, so that types recur
+    across the split), size and brightness (the attribute tasks' answers), and
+    exact positions (so that types recur at all). Types per task: order 6
+    colour pairs x 4 side pairs = 24; order3 8; brightness, size_change 8;
+    referring, when 32 per question. No T3 answer is a function of the type,
+    and a random label per type can only be predicted by memorising which
+    colours sit where.
+    """
+    objs = {(o["color"], "left" if o["x"] < 0.5 else "right") for f in s.latents["objects"] for o in f}
+    return s.question + "|" + ",".join(f"{c}:{side}" for c, side in sorted(objs))
+
+
 def _sample_meta(s: Sample):
     from tracing.store import SampleMeta
 
@@ -148,18 +180,26 @@ def _features(lm, inputs: dict, layout, hooks: list[str]) -> dict[str, np.ndarra
     return out
 
 
+def _open_cache(lm, samples: list[Sample], path, config: dict, float16: bool = False):
+    """CacheWriter of the T3 cache at path: created, or resumed if it holds
+    this run; CacheMismatchError if another run wrote it."""
+    from tracing.store import CacheWriter
+
+    cfg = {**config, "hooks": t3_hooks(lm), "positions": [FRAMES, LAST]}
+    return CacheWriter.open(path, lm.name, lm.fingerprint, "synthetic-t3", cfg,
+                            [_sample_meta(s) for s in samples], float16=float16)
+
+
 def capture_t3(lm, samples: list[Sample], path, config: dict, float16: bool = False, progress: bool = True):
     """Stream sample_features of every sample into the HDF5 cache at path
     (resumes a run with the same model and config; refuses another). -> CacheReader."""
     from tqdm import tqdm
 
     from tracing.inputs import build_sample_inputs
-    from tracing.store import CacheReader, CacheWriter
+    from tracing.store import CacheReader
 
     hooks = t3_hooks(lm)
-    metas = [_sample_meta(s) for s in samples]
-    cfg = {**config, "hooks": hooks, "positions": [FRAMES, LAST]}
-    with CacheWriter.open(path, lm.name, lm.fingerprint, "synthetic-t3", cfg, metas, float16=float16) as w:
+    with _open_cache(lm, samples, path, config, float16) as w:
         for i in tqdm(w.pending(), desc=f"capture -> {path}", unit="sample", disable=not progress):
             inputs, layout = build_sample_inputs(lm, samples[i])
             w.write_sample(i, _features(lm, inputs, layout, hooks), layout.to_dict())
@@ -222,51 +262,127 @@ def frame_view(X: np.ndarray, view: str = "concat", seed: int = 0) -> np.ndarray
     raise ValueError(f"unknown frame view {view!r}; use concat, mean, random_frame or frame:<i>")
 
 
-PROBES = ("sklearn", "torch")
+PROBES = ("torch", "sklearn")
 
 
-def probe_factory(C: float | None = None, cv: int = 3, kind: str = "sklearn", device: str = "cpu"):
-    """seed -> a fresh linear probe (probes/linear.py): 'sklearn' (SklearnProbe,
-    the reference) or 'torch' (TorchProbe: the same estimator with every layer
-    fitted as one batched problem on `device`, for wide features and GPUs).
-    C None: chosen per layer by cv-fold cross-validation, the folds drawn with the seed."""
-    from probes.linear import SklearnProbe, TorchProbe
+@dataclass(frozen=True)
+class ProbeFactory:
+    """seed -> a fresh linear probe (probes/linear.py): 'torch' (TorchProbe:
+    every layer fitted as one batched problem, on `device`) or 'sklearn'
+    (SklearnProbe, the reference loop of scikit-learn fits); the same
+    estimator. C None: chosen per layer by cv-fold cross-validation, the folds
+    drawn with the seed; a float or one per layer [L]: fixed. tol: the
+    solvers' stopping tolerance (largest gradient entry), tighter than
+    scikit-learn's 1e-4: with more features than samples the problem is
+    nearly separable and flat at weak penalties, and at 1e-4 both solvers
+    stop at points that depend on their paths (the two kinds' test
+    accuracies then differ by a few samples); at 1e-8 they agree exactly."""
 
-    if kind not in PROBES:
-        raise ValueError(f"unknown probe {kind!r}; probes: {PROBES}")
-    if kind == "torch":
-        return lambda seed: TorchProbe(C=C, cv=cv, seed=seed, device=device)
-    return lambda seed: SklearnProbe(C=C, cv=cv, seed=seed)
+    kind: str = "torch"
+    C: object = None
+    cv: int = 3
+    device: str = "cpu"
+    tol: float = 1e-6
+
+    def __post_init__(self):
+        if self.kind not in PROBES:
+            raise ValueError(f"unknown probe {self.kind!r}; probes: {PROBES}")
+
+    def __call__(self, seed: int):
+        from probes.linear import SklearnProbe, TorchProbe
+
+        if self.kind == "torch":
+            return TorchProbe(C=self.C, cv=self.cv, tol=self.tol, seed=seed, device=self.device)
+        return SklearnProbe(C=self.C, cv=self.cv, tol=self.tol, seed=seed)
+
+    def with_C(self, C) -> "ProbeFactory":
+        """The same probe with C fixed (a float or one per layer)."""
+        return replace(self, C=C)
+
+
+def probe_factory(C: float | None = None, cv: int = 3, kind: str = "torch", device: str = "cpu",
+                  tol: float = 1e-6) -> ProbeFactory:
+    """A ProbeFactory (seed -> probe): 'torch' (the default) or 'sklearn'."""
+    return ProbeFactory(kind, C, cv, device, tol)
+
+
+def _fit_groups(X, y, train, test, groups, factory, seeds, what, Cs=None):
+    """Fit and score one probe per group and seed -> (correct [n_seeds, L]
+    summed over the groups' test samples, n_test, {group: C [n_seeds, L]}).
+    Cs {group: [n_seeds, L]}: fix C per group, seed and layer (factory.with_C);
+    a group whose training labels hold one class then predicts that class
+    (for control labels, a legitimate draw). Without Cs, one class is an error."""
+    from probes.evaluate import evaluate_probe
+
+    correct, n, chosen = np.zeros((len(seeds), X.shape[0])), 0, {}
+    for g in np.unique(groups[test]):
+        tr, te = train & (groups == g), test & (groups == g)
+        classes = np.unique(y[tr])
+        n += int(te.sum())
+        if len(classes) < 2 and Cs is not None:
+            correct += (y[te] == classes[0]).sum()
+            continue
+        if len(classes) < 2:
+            raise ValueError(f"probe {what} (group {g!r}): its training samples hold one class "
+                             f"{classes.tolist()}; raise --samples")
+        for r, seed in enumerate(seeds):
+            make = factory if Cs is None else factory.with_C(Cs[g][r])
+            res = evaluate_probe(make, X[:, tr], y[tr], X[:, te], y[te], seeds=(seed,))
+            correct[r] += res["accuracy"][0] * te.sum()
+            if "C" in res:
+                chosen.setdefault(g, np.empty((len(seeds), X.shape[0])))[r] = res["C"][0]
+    return correct, n, chosen
+
+
+def _as_arrays(X, y, train, test, groups):
+    X = np.asarray(X)
+    X = X[None] if X.ndim == 2 else X
+    groups = np.zeros(len(y), int) if groups is None else np.asarray(groups)
+    return X, np.asarray(y), np.asarray(train, bool), np.asarray(test, bool), groups
 
 
 def probe_accuracy(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, groups=None,
-                   factory=None, seeds=PROBE_SEEDS, what: str = "") -> np.ndarray:
-    """Test accuracy of linear probes -> [n_seeds, L].
+                   factory=None, seeds=PROBE_SEEDS, what: str = "", return_C: bool = False):
+    """Test accuracy of linear probes -> [n_seeds, L] (and, with return_C, the
+    C each probe used {group: [n_seeds, L]}).
 
     X: [L, N, D] (L layers or stages of equal width) or [N, D]; y: labels [N];
     train, test: boolean masks [N]. groups: [N] keys or None; with keys, one
     probe is fitted per group on its training samples and scored on its test
-    samples, and the accuracy is over all test samples. `what` names the
-    probe in errors.
+    samples, and the accuracy is over all test samples. factory: seed -> probe
+    (default probe_factory()). `what` names the probe in errors.
     """
-    from probes.evaluate import evaluate_probe
+    X, y, train, test, groups = _as_arrays(X, y, train, test, groups)
+    correct, n, Cs = _fit_groups(X, y, train, test, groups, factory or probe_factory(), tuple(seeds), what)
+    return (correct / n, Cs) if return_C else correct / n
 
-    X = np.asarray(X)
-    X = X[None] if X.ndim == 2 else X
-    y, train, test = np.asarray(y), np.asarray(train, bool), np.asarray(test, bool)
+
+def control_accuracy(X: np.ndarray, types, y: np.ndarray, train: np.ndarray, test: np.ndarray, Cs: dict,
+                     groups=None, factory=None, seeds=PROBE_SEEDS, what: str = "") -> np.ndarray:
+    """Test accuracy on the control task -> [n_seeds, L] (Hewitt & Liang, 2019).
+
+    For seed r the labels are probes.control.control_labels(types, seed=r,
+    labels=y): each input type [N] gets one label, drawn from the real labels'
+    distribution, the same in both splits. The probe of each group, seed and
+    layer keeps the C it had on the real task (Cs, from probe_accuracy's
+    return_C), so that the two accuracies compare one probe on two tasks;
+    factory must offer with_C (a ProbeFactory). Other arguments as
+    probe_accuracy; selectivity is probe_accuracy - control_accuracy.
+    """
+    from probes.control import control_labels
+
+    X, y, train, test, groups = _as_arrays(X, y, train, test, groups)
     factory = factory or probe_factory()
-    groups = np.zeros(len(y), int) if groups is None else np.asarray(groups)
-    correct, n = 0.0, 0
-    for g in np.unique(groups[test]):
-        tr, te = train & (groups == g), test & (groups == g)
-        classes = np.unique(y[tr])
-        if len(classes) < 2:
-            raise ValueError(f"probe {what} (group {g!r}): its training samples hold one class "
-                             f"{classes.tolist()}; raise --samples")
-        acc = evaluate_probe(factory, X[:, tr], y[tr], X[:, te], y[te], seeds=tuple(seeds))["accuracy"]
-        correct = correct + acc * te.sum()  # [n_seeds, L]
-        n += int(te.sum())
-    return correct / n
+    types = np.asarray(types)
+    if types.shape != y.shape:
+        raise ValueError(f"types: {types.shape[0]} types for {y.shape[0]} samples")
+    out = np.empty((len(seeds), X.shape[0]))
+    for r, seed in enumerate(seeds):
+        yc = control_labels(types, len(np.unique(y)), seed=seed, labels=y)
+        Cr = {g: C[r:r + 1] for g, C in Cs.items()}
+        correct, n, _ = _fit_groups(X, yc, train, test, groups, factory, (seed,), f"{what} control", Cr)
+        out[r] = correct[0] / n
+    return out
 
 
 @dataclass
@@ -277,6 +393,9 @@ class T3Result:
     probe_frames [T, R, S]: probe accuracy at the video positions (frames
         concatenated); probe_last [T, R, S]: at the last position (NaN for the
         vision and projector stages, which have no last position).
+    control_frames, control_last [T, R, S]: the same probes' accuracy on the
+        control task (NaN where none was run); selectivity_frames /
+        selectivity_last = probe - control.
     video_acc, text_acc, chance [T]: the model's accuracy with the video, with
         the captions, and 1 / n_options; n_test [T] test questions per task.
     """
@@ -292,6 +411,21 @@ class T3Result:
     chance: np.ndarray
     n_test: np.ndarray
     config: dict
+    control_frames: np.ndarray = None
+    control_last: np.ndarray = None
+
+    def __post_init__(self):
+        for name in ("control_frames", "control_last"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.full_like(self.probe_frames, np.nan, dtype=float))
+
+    @property
+    def selectivity_frames(self) -> np.ndarray:
+        return self.probe_frames - self.control_frames
+
+    @property
+    def selectivity_last(self) -> np.ndarray:
+        return self.probe_last - self.control_last
 
     def aspects(self) -> dict[str, dict[str, np.ndarray]]:
         """Paper aspect -> {'video', 'text', 'probe_projector', 'probe_last_layer': [R] or scalar},
@@ -312,19 +446,22 @@ class T3Result:
         return out
 
     def table(self) -> str:
-        """Per-task text table, percent: chance, the model (video / captions), and
+        """Per task text table, percent: chance, the model (video / captions), and
         probes at the video positions (vision, projector, best LLM layer) and at
-        the last position of the last layer. Probe values are means over seeds."""
+        the last position of the last layer, each probe followed by its
+        selectivity (accuracy - control-task accuracy, 'sel'). Means over seeds."""
         proj = self.stages.index("projector")
-        rows = [f"{'task':<12}{'chance':>7}{'video':>7}{'text':>7}{'enc':>7}{'proj':>7}"
-                f"{'best layer (frames)':>22}{'last layer (last)':>19}"]
+        rows = [f"{'task':<12}{'chance':>7}{'video':>7}{'text':>7}{'enc':>7}{'sel':>6}{'proj':>7}{'sel':>6}"
+                f"{'best layer (frames)':>22}{'sel':>6}{'last layer (last)':>19}{'sel':>6}"]
         for i, t in enumerate(self.tasks):
             f, la = self.probe_frames[i].mean(0), self.probe_last[i].mean(0)
+            sf, sl = self.selectivity_frames[i].mean(0), self.selectivity_last[i].mean(0)
             b = proj + 1 + int(np.argmax(f[proj + 1:]))
             best = f"{100 * f[b]:.1f} ({self.stages[b]})"
             rows.append(f"{t:<12}{100 * self.chance[i]:7.1f}{100 * self.video_acc[i]:7.1f}"
-                        f"{100 * self.text_acc[i]:7.1f}{100 * f[0]:7.1f}{100 * f[proj]:7.1f}"
-                        f"{best:>22}{100 * la[-1]:19.1f}")
+                        f"{100 * self.text_acc[i]:7.1f}{100 * f[0]:7.1f}{100 * sf[0]:6.1f}"
+                        f"{100 * f[proj]:7.1f}{100 * sf[proj]:6.1f}{best:>22}{100 * sf[b]:6.1f}"
+                        f"{100 * la[-1]:19.1f}{100 * sl[-1]:6.1f}")
         return "\n".join(rows)
 
 
@@ -332,22 +469,27 @@ def stage_names(n_layers: int) -> list[str]:
     return ["vision", "projector", *[f"layer {l}" for l in range(n_layers)]]
 
 
-def run_probes(reader, n_layers: int, factory=None, seeds=PROBE_SEEDS, progress: bool = True):
-    """Probe every task at every stage from a T3 cache -> (tasks, probe_frames
-    [T, R, S], probe_last [T, R, S]); see T3Result for the axes."""
+def run_probes(reader, n_layers: int, factory=None, seeds=PROBE_SEEDS, progress: bool = True, types=None):
+    """Probe every task at every stage from a T3 cache -> dict of 'tasks' and,
+    [T, R, S] each (see T3Result for the axes), 'probe_frames', 'probe_last',
+    'control_frames', 'control_last'. types: the input type of every sample
+    of the cache [n_samples] (input_type), or None: no control task (NaN)."""
     from tqdm import tqdm
 
     s = reader.samples
     if not s["complete"].all():
         raise ValueError(f"{reader.path}: {int((~s['complete']).sum())} samples are not captured yet; "
                          "run the capture to the end first")
+    if types is not None and len(types) != reader.n_samples:
+        raise ValueError(f"types: {len(types)} for the {reader.n_samples} samples of {reader.path}")
+    factory = factory or probe_factory()
     split = np.array([reader.meta(i)["split"] for i in range(reader.n_samples)])
     question = np.array([reader.meta(i)["question"] for i in range(reader.n_samples)])
     tasks = [t for t in T3_TASKS if t in set(s["task"])]
     layers = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
     S, R = 2 + n_layers, len(seeds)
-    frames = np.full((len(tasks), R, S), np.nan)
-    last = np.full((len(tasks), R, S), np.nan)
+    out = {name: np.full((len(tasks), R, S), np.nan)
+           for name in ("probe_frames", "probe_last", "control_frames", "control_last")}
     for ti, t in enumerate(tqdm(tasks, desc="probes", unit="task", disable=not progress)):
         idx = np.flatnonzero(s["task"] == t)
         y, tr, te, q = s["label"][idx], split[idx] == "train", split[idx] == "test", question[idx]
@@ -355,12 +497,17 @@ def run_probes(reader, n_layers: int, factory=None, seeds=PROBE_SEEDS, progress:
             raise ValueError(f"{reader.path}: task {t!r} needs train and test samples")
         # The vision stage has its own width; projector and layers share d_model: one batched fit.
         vis = frame_view(reader.acts(key(VISION, FRAMES), idx))
-        frames[ti, :, :1] = probe_accuracy(vis, y, tr, te, q, factory, seeds, f"{t}/vision")
         llm = np.stack([frame_view(reader.acts(key(h, FRAMES), idx)) for h in [PROJECTOR, *layers]])
-        frames[ti, :, 1:] = probe_accuracy(llm, y, tr, te, q, factory, seeds, f"{t}/frames")
         lst = np.stack([reader.acts(key(h, LAST), idx) for h in layers])
-        last[ti, :, 2:] = probe_accuracy(lst, y, tr, te, None, factory, seeds, f"{t}/last")
-    return tasks, frames, last
+        for X, at, where, groups in ((vis, slice(0, 1), "frames", q), (llm, slice(1, None), "frames", q),
+                                     (lst, slice(2, None), "last", None)):
+            what = f"{t}/{'vision' if X is vis else where}"
+            acc, Cs = probe_accuracy(X, y, tr, te, groups, factory, seeds, what, return_C=True)
+            out[f"probe_{where}"][ti, :, at] = acc
+            if types is not None:
+                out[f"control_{where}"][ti, :, at] = control_accuracy(
+                    X, np.asarray(types)[idx], y, tr, te, Cs, groups, factory, seeds, what)
+    return {"tasks": tasks, **out}
 
 
 def model_accuracy(samples: list[Sample], pred: np.ndarray, tasks: list[str]) -> np.ndarray:
@@ -373,13 +520,15 @@ def model_accuracy(samples: list[Sample], pred: np.ndarray, tasks: list[str]) ->
 # ---------------------------------------------------------------- results file
 
 _ARRAYS = ("probe_frames", "probe_last", "video_acc", "text_acc", "chance", "n_test")
+_CONTROL = ("control_frames", "control_last", "selectivity_frames", "selectivity_last")
 
 
 def write_results(rf, res: T3Result, extra: dict | None = None) -> None:
     """Store res in a tracing.store.ResultsFile under /results/t3/ (and extra
-    arrays {name: array} next to it), overwriting an earlier run's."""
+    arrays {name: array} next to it), overwriting an earlier run's. The
+    selectivity arrays are stored too, for readers other than load_results."""
     axes = {"model": res.model, "tasks": res.tasks, "stages": res.stages, "seeds": res.seeds}
-    for name in _ARRAYS:
+    for name in _ARRAYS + _CONTROL:
         rf.write_result(f"t3/{name}", getattr(res, name), axes, overwrite=True)
     for name, arr in (extra or {}).items():
         rf.write_result(f"t3/{name}", arr, axes, overwrite=True)
@@ -395,6 +544,9 @@ def load_results(path) -> T3Result:
     arrays = {}
     for name in _ARRAYS:
         arrays[name], axes = r.result(f"t3/{name}")
+    for name in _CONTROL[:2]:  # absent from files written before control tasks: NaN
+        if f"t3/{name}" in r.results():
+            arrays[name] = r.result(f"t3/{name}")[0]
     return T3Result(model=axes["model"], tasks=axes["tasks"], stages=axes["stages"], seeds=axes["seeds"],
                     config=r.config, **arrays)
 
@@ -403,7 +555,8 @@ def load_results(path) -> T3Result:
 
 def plot_layers(res: T3Result):
     """Probe accuracy against stage/layer, one panel per task: frames
-    concatenated and last position (mean, 95% band over seeds), the model's
+    concatenated and last position (mean, 95% band over seeds), the same
+    probes on the control task dashed (selectivity is the gap), the model's
     video and text accuracies as horizontal lines, chance dotted."""
     from analyses.plots import COLORS as C, band, panels
 
@@ -415,6 +568,11 @@ def plot_layers(res: T3Result):
         ax.text(1.5 + len(res.stages[2:]) / 2, 2, "LLM", ha="center", va="bottom", fontsize=6.5, color="0.35")
         band(ax, x, 100 * res.probe_frames[i], "probe: video positions (frames concatenated)", C[0])
         band(ax, x[2:], 100 * res.probe_last[i][:, 2:], "probe: last position", C[2])
+        if np.isfinite(res.control_frames[i]).any():
+            ax.plot(x, 100 * res.control_frames[i].mean(0), color=C[0], lw=1, ls="--",
+                    label="control task: video positions")
+            ax.plot(x[2:], 100 * res.control_last[i][:, 2:].mean(0), color=C[2], lw=1, ls="--",
+                    label="control task: last position")
         ax.axhline(100 * res.video_acc[i], color=C[1], lw=1.2, label="model, video")
         ax.axhline(100 * res.text_acc[i], color=C[3], lw=1.2, ls="--", label="model, captions (text)")
         ax.axhline(100 * res.chance[i], color="0.5", lw=0.8, ls=":", label="chance")
@@ -510,14 +668,51 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--C", type=float, default=None,
                     help="fixed inverse L2 penalty of the probes; None: chosen per layer by cross-validation")
     ap.add_argument("--cv", type=int, default=3, help="cross-validation folds for choosing C")
-    ap.add_argument("--probe", default="sklearn", choices=PROBES,
-                    help="probe implementation: sklearn (the reference, one fit per layer) or torch "
-                         "(all layers in one batched fit; for wide features, on --device)")
+    ap.add_argument("--probe-tol", type=float, default=1e-6,
+                    help="probe solvers' stopping tolerance (largest gradient entry; scikit-learn's default 1e-4 "
+                         "stops wide, nearly separable probes at path-dependent points)")
+    ap.add_argument("--probe", default="torch", choices=PROBES,
+                    help="probe implementation: torch (all layers in one batched fit, on --device) or sklearn "
+                         "(the reference, a loop of scikit-learn fits); the same estimator")
     ap.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass when scoring answers")
     ap.add_argument("--float16", action="store_true", help="store cached activations as float16")
     ap.add_argument("--cache", default=None,
                     help="HDF5 activation cache, resumed if it exists; None: --out with .acts.h5")
     return ap
+
+
+def beside(path: Path) -> Path:
+    """Where an --overwrite run writes until it completes: <stem>.next<suffix>."""
+    return path.with_name(f"{path.stem}.next{path.suffix}")
+
+
+def writable(path: Path, open_file, overwrite: bool) -> Path:
+    """The file to write instead of path, decided before any compute.
+
+    open_file(p) creates p or reopens it, raising CacheMismatchError when p
+    holds another run. path itself when it is new or holds this very run (to
+    resume); with overwrite and path holding another run, beside(path),
+    resumed if an earlier --overwrite run of this configuration was killed
+    there, started afresh if one of yet another was; the caller moves it over
+    path once complete. Without overwrite such a path is refused: SystemExit
+    naming the file and what differs.
+    """
+    from tracing.store import CacheMismatchError
+
+    try:
+        open_file(path)
+        return path
+    except CacheMismatchError as err:
+        if not overwrite:
+            raise SystemExit(f"error: {err}\nor pass --overwrite to replace it (the old file stays until the "
+                             "new run completes)") from None
+    nxt = beside(path)
+    try:
+        open_file(nxt)
+    except CacheMismatchError:
+        nxt.unlink()
+        open_file(nxt)
+    return nxt
 
 
 def main(argv=None) -> T3Result:
@@ -545,22 +740,29 @@ def main(argv=None) -> T3Result:
     samples = t3_dataset(tasks, a.samples, a.seed, a.frames, a.size, a.train_background, a.test_background,
                          shape.get(a.train_shape, a.train_shape), shape.get(a.test_shape, a.test_shape))
     lm = load_from_args(a)
-    # Opened before the long part, so that a file of another run is refused at once.
-    rf = ResultsFile.open(out, lm.name, lm.fingerprint, "synthetic-t3", config, [_sample_meta(s) for s in samples])
-
+    # Both files are checked before the long part, so that one of another run is refused at once.
+    metas = [_sample_meta(s) for s in samples]
+    rf_path = writable(out, lambda p: ResultsFile.open(p, lm.name, lm.fingerprint, "synthetic-t3", config, metas),
+                       a.overwrite)
+    rf = ResultsFile(rf_path)
     data_cfg = {"tasks": tasks, "samples": a.samples, "seed": a.seed, "frames": a.frames, "size": a.size,
                 "train_background": a.train_background, "test_background": a.test_background,
                 "train_shape": a.train_shape, "test_shape": a.test_shape, "dtype": a.dtype}
-    reader = capture_t3(lm, samples, cache, data_cfg, a.float16, progress)
+    cache_path = writable(cache, lambda p: _open_cache(lm, samples, p, data_cfg, a.float16).close(),
+                          a.overwrite)
+
+    reader = capture_t3(lm, samples, cache_path, data_cfg, a.float16, progress)
     seeds = list(range(a.probe_seeds))
-    names, frames, last = run_probes(reader, lm.n_layers, probe_factory(a.C, a.cv, a.probe, a.device), seeds, progress)
+    types = [input_type(s) for s in samples]
+    factory = probe_factory(a.C, a.cv, a.probe, a.device, a.probe_tol)
+    probes = run_probes(reader, lm.n_layers, factory, seeds, progress, types)
+    names = probes.pop("tasks")
 
     test = [s for s in samples if s.meta["split"] == "test"]
     video = model_answers(lm, test, "video", a.batch_size, progress)
     text = model_answers(lm, test, "text", a.batch_size, progress)
     res = T3Result(
-        model=lm.name, tasks=names, stages=stage_names(lm.n_layers), seeds=seeds,
-        probe_frames=frames, probe_last=last,
+        model=lm.name, tasks=names, stages=stage_names(lm.n_layers), seeds=seeds, **probes,
         video_acc=model_accuracy(test, video.pred, names), text_acc=model_accuracy(test, text.pred, names),
         chance=np.array([1 / len(TASKS[t].options) for t in names]),
         n_test=np.array([sum(s.task == t for s in test) for t in names]),
@@ -568,7 +770,11 @@ def main(argv=None) -> T3Result:
     )
     index = np.array([i for i, s in enumerate(samples) if s.meta["split"] == "test"])
     write_results(rf, res, {"test_index": index, "video_probs": video.probs, "video_pred": video.pred,
-                            "text_probs": text.probs, "text_pred": text.pred})
+                            "text_probs": text.probs, "text_pred": text.pred,
+                            "input_type": np.array(types, dtype=str)})
+    for done, final in ((cache_path, cache), (rf_path, out)):  # the results last: they need the cache
+        if done != final:
+            os.replace(done, final)
     paths = save_figures(res, figures)
     print(res.table())
     print(f"wrote {out} (results), {cache} (activations), {', '.join(paths)}", file=sys.stderr)

@@ -97,7 +97,14 @@ def _sorted_Cs(Cs) -> np.ndarray:
 #            W = X^T alpha, so theta [L, J, Kf, 2N+1] = (alpha, b, G alpha)
 #            with G = X X^T. An iteration is one pass over G [L, N, N]; logits
 #            come free as G alpha + b. Same iterates as _Primal in exact
-#            arithmetic.
+#            arithmetic, given the same preconditioner. alpha is defined only
+#            up to null(G), which neither W, the logits nor the inner product
+#            see: only the preconditioner touches it, and it must map it to 0
+#            (_Dual.precond), or it grows without bound and W = X^T alpha, in
+#            floating point, is garbage. In float32 the Gram matrix squares
+#            the condition number: on features whose standardised covariance
+#            spans more than ~1e5 the dual stops short of the optimum (the
+#            primal, or float64, does not).
 
 def _vdot(a, b):
     """Per-problem inner product of [L, J, ...] tensors -> [L, J] float64."""
@@ -272,15 +279,33 @@ class _Dual(_Space):
         return torch.cat([resid + lam * theta[..., :N], resid.sum(-1, keepdim=True),
                           Gr + lam * theta[..., N + 1:]], dim=-1)
 
+    def _multipliers(self, c):
+        """As _Space's, except that directions without variance get 0: the top-k
+        ones flagged dead by _spectrum_dual, and the rest when it holds none."""
+        ev, rest, live, has_rest = self.spectrum[1], self.spectrum[2], self.spectrum[4], self.spectrum[5]
+        lam = self.lam[:, :, None]
+        m_top = torch.where(live[:, None, :], 1.0 / (c * ev[:, None, :] + lam), torch.zeros_like(lam))
+        m_rest = torch.where(has_rest[:, None, None], 1.0 / (c * rest[:, None, None] + lam), torch.zeros_like(lam))
+        return m_top, m_rest
+
     def precond(self, q, c=0.25):
-        """M q with M as in _Primal, acting on alpha: m_rest alpha + U diag(m_top - m_rest) U^T alpha."""
+        """M q with M as in _Primal, acting on alpha with its mean removed:
+        m_rest alpha_c + U diag(m_top - m_rest) U^T alpha_c. Why: alpha is defined
+        only up to null(G) (W = X^T alpha does not see it), the metric does not
+        see it either, so nothing but M bounds alpha there; a multiplier of
+        1/lam on it let |alpha| reach ~1e15 within 14 iterations on 24 separable
+        samples, and W = X^T alpha in float32 came out ~1e6-1e11 instead of
+        ~0.05. So M must map null(G) to 0: the all-ones vector is always in it
+        (X is centred), hence the mean removal; directions with no variance
+        get multiplier 0 (_multipliers). Without a spectrum, M is the projection
+        that removes the mean (the identity on W)."""
+        N = self.N
         if self.spectrum is None:
-            return q
+            return torch.cat([q[..., :N] - q[..., :N].mean(-1, keepdim=True), q[..., N:]], dim=-1)
         U, GU = self.spectrum[0], self.spectrum[3]
         L, J, Kf, _ = q.shape
-        N = self.N
         m_top, m_rest = self._multipliers(c)
-        alpha = q[..., :N]
+        alpha = q[..., :N] - q[..., :N].mean(-1, keepdim=True)
         a = torch.bmm(alpha.to(U.dtype).reshape(L, J * Kf, N), U).reshape(L, J, Kf, -1)
         a = (a * (m_top - m_rest)[:, :, None]).to(U.dtype).reshape(L, J * Kf, -1)
         mr = m_rest[..., None]
@@ -325,22 +350,34 @@ def _spectrum_primal(Xs, k, seed, power_iter=2):
     return Vh[:, :k].transpose(1, 2).to(Xs.dtype).contiguous(), ev, _rest(Xs, ev, N, D, k)
 
 
-def _spectrum_dual(G, D, k, seed, power_iter=2):
+def _spectrum_dual(G, D, k, seed, power_iter=2, rel_tol=None):
     """The same from the Gram matrix G [L, N, N]: (U [L, N, k] eigenvectors of G,
-    eigenvalues of G/N [L, k], mean of the rest [L], G U [L, N, k])."""
+    eigenvalues of G/N [L, k], mean of the rest [L], G U [L, N, k], live [L, k],
+    has_rest [L]). When k >= N - 1 every direction fits and the decomposition
+    is exact (eigh), with no rest. Eigenvalues <= rel_tol times the largest
+    (default 64 eps of G's dtype: the exact null space comes out at ~1e-8 of
+    it in float32) are rounding noise: not live; a rest that small is none."""
     L, N, _ = G.shape
-    k = min(k, N - 1, D)
-    g = torch.Generator(device=G.device).manual_seed(seed)
-    omega = torch.randn(1, N, k + 8, generator=g, device=G.device, dtype=G.dtype).expand(L, -1, -1)
-    Q = torch.linalg.qr(torch.bmm(G, omega))[0]
-    for _ in range(power_iter):
-        Q = torch.linalg.qr(torch.bmm(G, Q))[0]
-    ev, Z = torch.linalg.eigh(torch.bmm(Q.transpose(1, 2), torch.bmm(G, Q)).double())
-    ev, Z = ev.flip(-1)[:, :k].clamp_min(0), Z.flip(-1)[:, :, :k]
-    U = torch.bmm(Q, Z.to(G.dtype))
+    rel_tol = 64 * torch.finfo(G.dtype).eps if rel_tol is None else rel_tol
     trace = torch.diagonal(G, dim1=1, dim2=2).double().sum(-1)
-    rest = (trace - ev.sum(1)).clamp_min(0) / max(min(N - 1, D) - k, 1) / N
-    return U, ev / N, rest, torch.bmm(G, U)
+    if min(k, D) >= N - 1:
+        ev, U = torch.linalg.eigh(G)
+        ev, U = ev.flip(-1).double().clamp_min(0), U.flip(-1).contiguous()
+        rest = torch.zeros_like(trace)
+    else:
+        k = min(k, N - 1, D)
+        g = torch.Generator(device=G.device).manual_seed(seed)
+        omega = torch.randn(1, N, k + 8, generator=g, device=G.device, dtype=G.dtype).expand(L, -1, -1)
+        Q = torch.linalg.qr(torch.bmm(G, omega))[0]
+        for _ in range(power_iter):
+            Q = torch.linalg.qr(torch.bmm(G, Q))[0]
+        ev, Z = torch.linalg.eigh(torch.bmm(Q.transpose(1, 2), torch.bmm(G, Q)).double())
+        ev, Z = ev.flip(-1)[:, :k].clamp_min(0), Z.flip(-1)[:, :, :k]
+        U = torch.bmm(Q, Z.to(G.dtype))
+        rest = (trace - ev.sum(1)).clamp_min(0) / max(min(N - 1, D) - k, 1)
+    floor = rel_tol * ev[:, :1]
+    live, has_rest = ev > floor, rest > floor[:, 0]
+    return U, ev / N, rest / N, torch.bmm(G, U), live, has_rest
 
 
 def _rest(Xs, ev, N, D, k):

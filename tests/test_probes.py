@@ -75,6 +75,41 @@ def test_cross_validated_matches_sklearn(space, D, strength):
     assert np.abs(tp.cv_scores_ - sk.cv_scores_).mean() < 0.01
 
 
+def wide_separable(seed, N=24, D=512, K=4):
+    """Few samples, many features of large norm (a shared offset of ~300 and a
+    class signal of ~50 per feature), perfectly separable: the shape and scale
+    of the organism's T3 features (frames concatenated, [~24, 1024])."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(N) % K
+    X = 50.0 * (rng.standard_normal((K, D))[y] + rng.standard_normal((N, D))) + 300.0 * rng.standard_normal(D)
+    return X.astype(np.float32), y
+
+
+def test_wide_separable_data_matches_sklearn_coefficients():
+    """Regression: the dual space let alpha (W = X^T alpha) grow without bound
+    along null(G) (the all-ones vector of centred data; duplicated rows), which
+    the metric does not see; W came out ~1e4-1e6 instead of ~0.05 and
+    probabilities were wrong (seed 3, C=1: off by 1.0). First problem: seeds 0
+    and 3 as two layers (N <= k + 1: the exact spectrum); second: seed 2 with
+    every row three times (N > k + 1: the randomized one, with null directions
+    beyond the ones vector)."""
+    (Xa, y), (Xb, _), (Xc, _) = wide_separable(0), wide_separable(3), wide_separable(2)
+    for X, y in ((np.stack([Xa, Xb]), y), (np.tile(Xc, (3, 1)), np.tile(y, 3))):
+        for C in (1.0, 100.0):
+            sk = SklearnProbe(C=C, tol=1e-10, max_iter=10000).fit(X, y)
+            tight = TorchProbe(C=C, tol=1e-8).fit(X, y)
+            assert np.abs(tight.coef_ - sk.coef_).max() < 1e-3 * np.abs(sk.coef_).max()
+            assert np.abs(tight.intercept_ - sk.intercept_).max() < 1e-3
+            assert np.abs(tight.predict_proba(X) - sk.predict_proba(X)).max() < 1e-5
+            default = TorchProbe(C=C).fit(X, y)           # tol 1e-4: the same point up to that tolerance
+            ratio = np.abs(default.coef_).max((1, 2)) / np.abs(sk.coef_).max((1, 2))
+            assert ((0.8 < ratio) & (ratio < 1.25)).all(), ratio
+            assert np.abs(default.predict_proba(X) - sk.predict_proba(X)).max() < 2e-3
+        cv_t, cv_s = TorchProbe().fit(X, y), SklearnProbe().fit(X, y)
+        np.testing.assert_array_equal(cv_t.C_, cv_s.C_)
+        assert np.abs(cv_t.coef_ - cv_s.coef_).max() < 1e-2 * np.abs(cv_s.coef_).max()
+
+
 def test_planted_signal_found_and_shuffled_labels_at_chance():
     X, y = planted(2, 900, 40, K=3, strength=1.0, seed=2)
     Xtr, ytr, Xte, yte = X[:, :300], y[:300], X[:, 300:], y[300:]

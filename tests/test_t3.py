@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from analyses import t3
-from probes.linear import SklearnProbe
+from probes.control import control_labels, selectivity
 from tasks.synthetic import COLORS, caption_prompt, render
 from tracing.capture import capture
 from tracing.inputs import build_sample_inputs
@@ -89,13 +89,70 @@ def test_probe_accuracy_fits_one_probe_per_question():
     assert per_q.min() == 1.0
     assert pooled.max() < 0.85
     # per-group accuracy is weighted by the group's test count: check against a direct fit
-    ref = []
-    for q in (0, 1):
-        tr, te = train & (g == q), ~train & (g == q)
-        ref.append(SklearnProbe(seed=0).fit(X[tr], y[tr]).predict(X[te])[0] == y[te])
-    assert per_q[0, 0] == pytest.approx(np.concatenate(ref).mean())
+    for make in (t3.probe_factory(), t3.probe_factory(kind="sklearn")):
+        ref = []
+        for q in (0, 1):
+            tr, te = train & (g == q), ~train & (g == q)
+            ref.append(make(0).fit(X[tr], y[tr]).predict(X[te])[0] == y[te])
+        assert per_q[0, 0] == pytest.approx(np.concatenate(ref).mean())
     with pytest.raises(ValueError, match="probe p1 .*one class"):
         t3.probe_accuracy(X, np.where(train, 0, y), train, ~train, what="p1")
+
+
+def test_control_task_at_chance_without_type_information_and_above_it_with():
+    """300 input types, each once in train and once in test; labels with a
+    planted signal, not a function of the type. Features without the type:
+    the control task (a random label per type) is at chance, selectivity is
+    the real accuracy minus it. Features that also embed the type: the probe
+    memorises types and the control accuracy rises, selectivity falls."""
+    rng = np.random.default_rng(0)
+    n_types, K, D = 300, 3, 40
+    types = np.tile(np.arange(n_types), 2)
+    train = np.arange(2 * n_types) < n_types
+    y = rng.permutation(np.arange(2 * n_types) % K)
+    signal = 3 * rng.standard_normal((K, D))
+    X = np.stack([signal[y] + rng.standard_normal((2 * n_types, D)) for _ in range(2)])  # two "layers"
+    acc, Cs = t3.probe_accuracy(X, y, train, ~train, seeds=(0, 1), return_C=True)
+    ctrl = t3.control_accuracy(X, types, y, train, ~train, Cs, seeds=(0, 1))
+    assert acc.shape == ctrl.shape == (2, 2)
+    assert (acc > 0.9).all()
+    # the test-time control labels are independent of the features: within 4 sd
+    # of 1/3 (plus what the 300 per-type draws leave off a third)
+    assert (np.abs(ctrl - 1 / 3) < 4 * np.sqrt(2 / 9 / n_types) + 0.05).all(), ctrl
+    np.testing.assert_allclose(acc - ctrl, selectivity(acc, ctrl))
+    # the same C per layer and seed as the real probe (a fixed-C factory), labels from control_labels
+    yc = control_labels(types, K, seed=1, labels=y)
+    by_hand = t3.probe_factory(C=Cs[0][1])(1).fit(X[:, train], yc[train]).score(X[:, ~train], yc[~train])
+    np.testing.assert_allclose(ctrl[1], by_hand)
+
+    embed = rng.standard_normal((n_types, 400))[types]  # the type, readable from the features
+    Xt = np.concatenate([X, np.stack([embed, embed])], axis=2)
+    acc_t, Cs_t = t3.probe_accuracy(Xt, y, train, ~train, seeds=(0,), return_C=True)
+    ctrl_t = t3.control_accuracy(Xt, types, y, train, ~train, {0: np.full((1, 2), 10.0)}, seeds=(0,))
+    assert (ctrl_t > 0.8).all(), ctrl_t
+    assert (acc_t - ctrl_t < acc[:1] - ctrl[:1]).all()
+
+
+def test_input_type_is_what_is_shown_not_when():
+    data = t3.t3_dataset(["order", "referring"], 24, seed=0, n_frames=6)
+    s = next(x for x in data if x.task == "order")
+    objs = s.latents["objects"]
+    kind = t3.input_type(s)
+    assert kind.startswith(s.question + "|")
+    colours = sorted({o["color"] for f in objs for o in f})
+    assert [p.split(":")[0] for p in kind.split("|")[1].split(",")] == colours
+    # the same clip with its frames reversed (the other order, other answer) is the same type
+    rev = replace(s, latents={**s.latents, "objects": objs[::-1]})
+    assert t3.input_type(rev) == kind
+    # types recur across the split (train squares, test circles) and are not the answer
+    for task in ("order", "referring"):
+        tr = {t3.input_type(x) for x in data if x.task == task and x.meta["split"] == "train"}
+        te = {t3.input_type(x) for x in data if x.task == task and x.meta["split"] == "test"}
+        assert tr & te
+    by_type = {}
+    for x in data:
+        by_type.setdefault(t3.input_type(x), set()).add(x.answer)
+    assert any(len(a) > 1 for a in by_type.values())
 
 
 # ---------------------------------------------------------------- tiny end to end
@@ -169,9 +226,10 @@ def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
                                last["blocks.2.hook_resid_post"].numpy(), rtol=1e-5, atol=1e-6)
     assert r.acts(t3.key("vision.hook_out", "frame_mean")).shape[:2] == (len(samples), TINY_FRAMES)
 
-    # probe numbers refitted by hand from the cache (the run's default estimator):
-    # the projector stage of 'when' (one probe per asked colour) and layer 3 at
-    # the last position of 'order'
+    # probe numbers refitted by hand from the cache (the run's estimator: the
+    # default, torch, at --C 1.0): the projector stage of 'when' (one probe per
+    # asked colour) and layer 3 at the last position of 'order'
+    probe = t3.probe_factory(C=1.0)
     task = np.array([x.task for x in samples])
     train = np.array([x.meta["split"] == "train" for x in samples])
     y = np.array([x.answer for x in samples])
@@ -180,12 +238,34 @@ def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
     ok = []
     for question in sorted(set(q[task == "when"])):
         tr, te = (task == "when") & (q == question) & train, (task == "when") & (q == question) & ~train
-        ok.append(SklearnProbe(C=1.0).fit(proj[tr], y[tr]).predict(proj[te])[0] == y[te])
+        ok.append(probe(0).fit(proj[tr], y[tr]).predict(proj[te])[0] == y[te])
     assert res.probe_frames[1, 0, 1] == pytest.approx(np.concatenate(ok).mean())
     h = r.acts(t3.key("blocks.3.hook_resid_post", "last"))
     tr, te = (task == "order") & train, (task == "order") & ~train
-    acc = SklearnProbe(C=1.0).fit(h[tr], y[tr]).score(h[te], y[te])[0]
+    acc = probe(0).fit(h[tr], y[tr]).score(h[te], y[te])[0]
     assert res.probe_last[0, 0, 2 + 3] == pytest.approx(acc)
+    # the two probe kinds on the same split, run to convergence: the same point
+    X = np.stack([r.acts(t3.key(f"blocks.{l}.hook_resid_post", "last")) for l in range(tiny.n_layers)])
+    tp = t3.probe_factory(C=1.0, tol=1e-9)(0).fit(X[:, tr], y[tr])
+    sp = t3.probe_factory(C=1.0, kind="sklearn", tol=1e-9)(0).fit(X[:, tr], y[tr])
+    assert np.abs(tp.predict_proba(X[:, te]) - sp.predict_proba(X[:, te])).max() < 1e-5
+    np.testing.assert_array_equal(tp.predict(X[:, te]), sp.predict(X[:, te]))
+
+    # the control task: labels a fixed random function of each sample's input
+    # type, the same probe (C 1.0), and selectivity = accuracy - control as stored
+    rf = CacheReader(out)
+    types = np.array([t3.input_type(x) for x in samples])
+    np.testing.assert_array_equal(rf.result("t3/input_type")[0], types)
+    o = task == "order"
+    yc = control_labels(types[o], 4, seed=0, labels=y[o])
+    ctrl = probe(0).fit(h[o & train], yc[train[o]]).score(h[o & ~train], yc[~train[o]])[0]
+    assert res.control_last[0, 0, 2 + 3] == pytest.approx(ctrl)
+    for where in ("frames", "last"):
+        probe_acc, control = getattr(res, f"probe_{where}"), getattr(res, f"control_{where}")
+        assert (np.isfinite(control) == np.isfinite(probe_acc)).all()
+        stored, _ = rf.result(f"t3/selectivity_{where}")
+        np.testing.assert_array_equal(stored, probe_acc - control)
+        np.testing.assert_array_equal(rf.result(f"t3/control_{where}")[0], control)
 
 
 from _notebooks import jupyter_kernel as _kernel  # noqa: E402
@@ -210,11 +290,50 @@ def test_notebook_redraws_from_the_file(tiny_run, tmp_path, monkeypatch):
     assert "grounding" in text and "order" in text
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cli_refuses_another_configuration_and_overwrite_replaces_it(tiny_run, tmp_path, capsys):
+    import shutil
+
+    _, src = tiny_run
+    out, cache = tmp_path / "t3.h5", tmp_path / "t3.acts.h5"
+    shutil.copy(src, out)
+    shutil.copy(src.with_suffix(".acts.h5"), cache)
+    before = {p: _digest(p) for p in (out, cache)}
+    args = ["--model", TINY, "--tasks", ",".join(TINY_TASKS), "--frames", str(TINY_FRAMES), "--probe-seeds", "1",
+            "--no-progress", "--out", str(out)]
+    # another configuration: refused, naming the file and what differs; nothing touched
+    with pytest.raises(SystemExit) as e:
+        t3.main(args + ["--samples", str(TINY_N), "--C", "0.5"])
+    assert str(out) in str(e.value) and "config.C: 1.0 (in file) vs 0.5 (this run)" in str(e.value)
+    assert "--overwrite" in str(e.value)
+    # --overwrite of another data configuration that fails after its capture (2 samples per
+    # task cannot be cross-validated): the old files are as they were
+    with pytest.raises(ValueError, match="one class|cv=3"):
+        t3.main(args + ["--samples", "2", "--overwrite"])
+    assert {p: _digest(p) for p in (out, cache)} == before
+    assert t3.beside(out).exists() and t3.beside(cache).exists()  # what the next --overwrite run resumes
+    # --overwrite of another probe configuration: the results replaced, the activations reused
+    created = CacheReader(cache).attrs["created"]
+    res = t3.main(args + ["--samples", str(TINY_N), "--C", "0.5", "--overwrite"])
+    r = CacheReader(out)
+    assert r.config["C"] == 0.5 and "overwrite" not in r.config and not t3.beside(out).exists()
+    np.testing.assert_array_equal(r.result("t3/probe_last")[0], res.probe_last)
+    assert CacheReader(cache).attrs["created"] == created and _digest(cache) == before[cache]
+    # the same configuration again: resumed, not refused
+    t3.main(args + ["--samples", str(TINY_N), "--C", "0.5"])
+    assert CacheReader(out).config["C"] == 0.5
+
+
 def test_cli_help_and_bad_arguments(capsys):
     ap = t3.build_parser()
     helptext = ap.format_help()
     for flag in ("--samples", "--train-background", "--test-shape", "--probe-seeds", "--C", "--probe", "--cache",
-                 "--figures"):
+                 "--figures", "--overwrite", "--probe-tol"):
         assert flag in helptext
     for act in ap._actions:  # every visible flag says what it does
         if act.option_strings and act.help != "==SUPPRESS==":
