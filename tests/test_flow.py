@@ -286,6 +286,25 @@ def test_tomato_folder_end_to_end(tmp_path, tiny):
         np.testing.assert_allclose(res["baseline"][i, :3], _probs_plain(tiny, inputs, layout), rtol=1e-4, atol=1e-6)
 
 
+def test_tvbench_folder_end_to_end(tmp_path, tiny, capsys):
+    from test_benchmarks import build_tvbench
+
+    from tasks.tvbench import load_tvbench
+
+    root = build_tvbench(tmp_path / "TVBench")
+    out = tmp_path / "flow-tvbench.h5"
+    res = flow.main(["--model", TINY, "--dataset", "tvbench", "--data-dir", str(root), "--frames", "2",
+                     "--samples", "all", "--window", "2", "--edges", "video_last", "--no-layerwise", "--no-progress",
+                     "--out", str(out)])
+    assert "missing.mp4" in capsys.readouterr().err  # the bad item is reported by name and skipped
+    good = load_tvbench(root, n_frames=2).samples
+    assert CacheReader(out).samples["id"].tolist() == [s.id for s in good]
+    for i, s in enumerate(good):  # the baseline against a plain forward on the loader's own frames
+        inputs, layout = build_sample_inputs(tiny, s)
+        np.testing.assert_allclose(res["baseline"][i, : len(s.options)], _probs_plain(tiny, inputs, layout),
+                                   rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------- the organism
 
 organism_ready = pytest.mark.skipif(
