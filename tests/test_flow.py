@@ -147,24 +147,15 @@ def test_cli_help_explains_every_flag():
             assert act.help, act.option_strings
 
 
-from _notebooks import jupyter_kernel as _kernel  # noqa: E402
+from _notebooks import run_notebook  # noqa: E402
 
 
 @pytest.mark.skipif(not (ROOT / "notebooks" / "flow.ipynb").exists(), reason="notebooks/flow.ipynb not written")
 def test_notebook_redraws_from_the_file(tiny_run, tmp_path, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
     res, out = tiny_run
-    monkeypatch.setenv("CHRONOLENS_FLOW_H5", str(out))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = nbformat.read(ROOT / "notebooks" / "flow.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name=_kernel(tmp_path, monkeypatch), timeout=300,
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    outputs, images, text = run_notebook("flow.ipynb", {"CHRONOLENS_FLOW_H5": out}, tmp_path, monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
-    assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 2
-    text = "".join(o.get("text", "") for o in outputs)
+    assert images >= 2
     assert flow.table(res) in text
     assert flow.pathways_table(res) in text
     from analyses import lens

@@ -268,24 +268,14 @@ def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
         np.testing.assert_array_equal(rf.result(f"t3/control_{where}")[0], control)
 
 
-from _notebooks import jupyter_kernel as _kernel  # noqa: E402
+from _notebooks import run_notebook  # noqa: E402
 
 
 def test_notebook_redraws_from_the_file(tiny_run, tmp_path, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
     res, out = tiny_run
-    monkeypatch.setenv("CHRONOLENS_T3_H5", str(out))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = nbformat.read(ROOT / "notebooks" / "t3.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name=_kernel(tmp_path, monkeypatch), timeout=300,
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    outputs, images, text = run_notebook("t3.ipynb", {"CHRONOLENS_T3_H5": out}, tmp_path, monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
-    images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 2
-    text = "".join(o.get("text", "") for o in outputs)
+    assert images == 2
     assert res.table() in text and str(out) in text
     assert "grounding" in text and "order" in text
 

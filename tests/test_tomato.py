@@ -463,22 +463,14 @@ def test_generation_mode_counts_unparsed_answers(tmp_path):
     assert f"Unparsed generated answers (counted wrong): {int(ab.unparsed.sum())}." in md
 
 
-from _notebooks import jupyter_kernel as _kernel  # noqa: E402
+from _notebooks import run_notebook  # noqa: E402
 
 
 def test_notebook_rebuilds_the_table_and_figures(synthetic_run, tmp_path, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
-    monkeypatch.setenv("CHRONOLENS_TOMATO_H5", str(synthetic_run))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = nbformat.read(ROOT / "notebooks" / "tomato.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name=_kernel(tmp_path, monkeypatch), timeout=300,
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    outputs, images, text = run_notebook("tomato.ipynb", {"CHRONOLENS_TOMATO_H5": synthetic_run}, tmp_path,
+                                         monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
-    assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 3
-    text = "".join(o.get("text", "") for o in outputs)
+    assert images == 3
     assert "rebuilt table matches the one the CLI wrote: True" in text
     tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert synthetic_run.with_suffix(".md").read_text() in tables

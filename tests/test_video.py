@@ -100,17 +100,7 @@ def test_truncated_mp4(tmp_path):
 
 def test_truncated_mp4_with_index_first(tmp_path):
     # With the index (moov) written first, half a file still opens; decoding must fail, not return garbage.
-    p = tmp_path / "fast.mp4"
-    frames = render("direction", 0, n_frames=40, size=64).frames
-    with av.open(str(p), "w", options={"movflags": "faststart"}) as c:
-        st = c.add_stream("libx264", rate=8)
-        st.width = st.height = 64
-        st.pix_fmt = "yuv420p"
-        for f in frames:
-            for pk in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(pk)
-        for pk in st.encode():
-            c.mux(pk)
+    p = faststart_video(tmp_path / "fast.mp4", 40, codec="libx264")
     assert load_frames(p).shape[0] == 40
     data = p.read_bytes()
     cut = tmp_path / "fast_cut.mp4"
