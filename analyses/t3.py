@@ -169,14 +169,13 @@ def _features(lm, inputs: dict, layout, hooks: list[str]) -> dict[str, np.ndarra
     from tracing.capture import capture, select
     from tracing.hooks import resolve
 
-    acts = capture(lm, inputs, layout, hooks, "all")  # everything once; both views from it
+    acts = capture(lm, inputs, layout, hooks, None)  # everything once; both views from it
     out = {}
     for name, x in acts.items():
         p = resolve(lm, name)
-        full = x if p.vision_side else x[None]  # select() expects the batch axis on LLM-side hooks
-        out[key(name, FRAMES)] = select(full, layout, FRAMES, p).float().cpu().numpy()
-        if not p.vision_side:
-            out[key(name, LAST)] = select(full, layout, LAST, p).float().cpu().numpy()
+        out[key(name, FRAMES)] = select(x, layout, FRAMES, p).float().cpu().numpy()
+        if not (p.vision_side or p.video_rows):
+            out[key(name, LAST)] = select(x, layout, LAST, p).float().cpu().numpy()
     return out
 
 

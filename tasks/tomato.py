@@ -17,7 +17,7 @@ from typing import Any
 
 from tasks.datasets import AnnotationError, LoadResult, check_options
 from tasks.types import Sample
-from tasks.video import VideoError, load_frames
+from tasks.video import VideoError, load_frames, sampled_fps
 
 REASONING_TYPES = ["count", "direction", "rotation", "shape&trend", "velocity&frequency", "visual_cues"]
 # A human-picked most informative frame, if a copy of the data carries one (for the rho metric).
@@ -130,6 +130,7 @@ def load_tomato(data_dir: str | Path, reasoning_types: list[str] | None = None, 
                 s = _entry(rtype, str(item_id), entry, path, root)
                 if decode:
                     s.frames = load_frames(s.video_path, n_frames, size=size)
+                    s.meta["sampled_fps"] = sampled_fps(s.video_path, len(s.frames))
             except AnnotationError as err:
                 if not skip_bad:
                     raise

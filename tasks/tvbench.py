@@ -17,7 +17,7 @@ from typing import Any
 
 from tasks.datasets import AnnotationError, LoadResult, check_options
 from tasks.types import Sample
-from tasks.video import VideoError, load_frames
+from tasks.video import VideoError, load_frames, sampled_fps
 
 TVBENCH_TASKS = ["action_antonym", "action_count", "action_localization", "action_sequence",
                  "egocentric_sequence", "moving_direction", "object_count", "object_shuffle",
@@ -95,6 +95,7 @@ def load_tvbench(data_dir: str | Path, tasks: list[str] | None = None, n_frames:
                 s = _entry(task, i, entry, path, root)
                 if decode:
                     s.frames = load_frames(s.video_path, n_frames, size=size, bound=s.meta["bound"])
+                    s.meta["sampled_fps"] = sampled_fps(s.video_path, len(s.frames), s.meta["bound"])
             except AnnotationError as err:
                 if not skip_bad:
                     raise

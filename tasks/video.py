@@ -8,6 +8,7 @@ naming the file.
     load_frames(path, n)           n frames sampled uniformly (or every frame)
     load_frames_at(path, indices)  the frames at given indices, decoding no further
                                    than the last of them
+    sampled_fps(path, n)           frames kept per second of video (Qwen2.5-VL's time positions)
     count_frames(path)             how many frames decode
 """
 from __future__ import annotations
@@ -143,6 +144,18 @@ def load_frames(path: str | os.PathLike, n_frames: int | None = None, size: int 
         raise VideoError(p, f"has {len(set(idx.tolist()))} frames in range, fewer than the {n_frames} "
                             f"requested (strict)")
     return np.stack([kept[int(i)] for i in idx]).astype(np.uint8, copy=False)
+
+
+def sampled_fps(path: str | os.PathLike, n_kept: int, bound: tuple[float, float] | None = None) -> float | None:
+    """Frames kept per second of video: ``n_kept`` over the seconds they were sampled
+    from (the clip ``bound`` or the whole file), as Hugging Face's ``VideoMetadata.sampled_fps``.
+    None when the container declares no frame count or rate."""
+    declared, fps = _header(_check_file(path))
+    if bound is not None:
+        seconds = bound[1] - bound[0]
+    else:
+        seconds = declared / fps if declared > 0 and fps > 0 else 0.0
+    return n_kept / seconds if seconds > 0 else None
 
 
 def load_frames_at(path: str | os.PathLike, indices, size: int | None = None) -> np.ndarray:

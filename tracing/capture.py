@@ -31,14 +31,16 @@ def _envoy(nm, path: str):
 
 
 def select(x: torch.Tensor, layout: TokenLayout, positions: str, point: HookPoint) -> torch.Tensor:
-    """Pick positions from one captured tensor.
+    """Pick positions from one captured tensor (as ``capture(..., positions=None)`` gives it).
 
     LLM-side hooks give [1, T, d] (patterns [1, H, T, T]); the result drops the
     batch axis: 'all' [T, d], 'video' [n_video, d], 'frame_mean' [n_groups, d]
     (mean over each frame's tokens), 'frames' [n_groups, tokens_per_group, d],
-    'last' [d], or any TokenLayout span name [len, d]. Vision-side hooks
-    (rows are encoder features, not LLM positions) take 'all'/'video' (every
-    row, in frame order) and 'frame_mean'/'frames'.
+    'last' [d], or any TokenLayout span name [len, d]. ``projector.hook_out``
+    keeps the video tokens only: 'all'/'video' are its rows at the video token
+    positions [n_video_tokens, d] (OneVision's newline row last). Vision-side
+    hooks (rows are encoder features, not LLM positions) take 'all'/'video'
+    (every row, in frame order) and 'frame_mean'/'frames'.
     """
     if point.vision_side:
         rows = x.reshape(-1, x.shape[-1])
@@ -52,6 +54,12 @@ def select(x: torch.Tensor, layout: TokenLayout, positions: str, point: HookPoin
             return per.mean(1)
         raise ValueError(f"positions={positions!r} is not defined for vision-side hook {point.name!r}; "
                          f"use all, video, frames or frame_mean")
+    if point.video_rows:
+        if positions in ("all", "video"):
+            return x[0, layout.video_token_positions]
+        if positions not in ("frames", "frame_mean"):
+            raise ValueError(f"positions={positions!r} is not defined for {point.name!r} (the video tokens' rows); "
+                             f"use all, video, frames or frame_mean")
     if point.item == 1:  # attention pattern [1, H, Tq, Tk]: positions select query rows
         if x is None:
             raise RuntimeError(f"{point.name}: no attention probabilities; load the model with attn='eager'")
@@ -76,13 +84,35 @@ def select(x: torch.Tensor, layout: TokenLayout, positions: str, point: HookPoin
     return out.transpose(0, 1) if point.item == 1 and out.dim() == 3 else out
 
 
-def capture(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, positions: str = "all",
+def _raster_rows(lm, inputs: dict, x: torch.Tensor) -> torch.Tensor:
+    """Vision-side rows [N, d] in frame and raster order. Qwen2.5-VL's tower
+    works in windows and hands the merger its rows (groups of merge^2 patches)
+    in window order; Hugging Face restores raster order only after the merger,
+    so the same permutation is undone here."""
+    x = x.reshape(-1, x.shape[-1])
+    if not lm.family.vision_window_order:
+        return x
+    from transformers.vision_utils import get_vision_window_index
+
+    vc = lm.config.vision_config
+    window, _ = get_vision_window_index(inputs["video_grid_thw"], spatial_merge_size=vc.spatial_merge_size,
+                                        window_size=vc.window_size, patch_size=vc.patch_size)
+    unit = vc.spatial_merge_size ** 2
+    return x.reshape(-1, unit, x.shape[-1])[torch.argsort(window.to(x.device))].reshape(-1, x.shape[-1])
+
+
+def capture(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, positions: str | None = "all",
             layers: list[int] | None = None, backend: str = "nnsight") -> dict[str, torch.Tensor]:
     """Run one forward pass and return {hook name: tensor at the chosen positions}.
 
     hooks: canonical names or shorthands (see tracing/hooks.py). Patterns need
     the model loaded with attn='eager' under nnsight. backend: 'nnsight' (every
     model) or 'transformer_lens' (text models only: TL has no vision towers).
+    positions=None returns each tensor before ``select`` (LLM-side hooks with
+    their batch axis; vision-side rows in raster order), to select several
+    views from one pass. The unembedding runs at the last position only
+    (Hugging Face's ``logits_to_keep``): no hook reads the logits, and at a
+    real vocabulary all positions' logits cost more than the rest of the pass.
     """
     if backend == "transformer_lens":
         from .hooked import capture_hooked
@@ -97,7 +127,7 @@ def capture(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, posit
     if nm is None:
         nm = lm.__dict__["_nnsight"] = NNsight(lm.model)
     saved = []
-    with torch.no_grad(), nm.trace(**inputs):
+    with torch.no_grad(), nm.trace(**inputs, logits_to_keep=1):
         # Requested in execution order (nnsight raises OutOfOrderError otherwise);
         # two hooks on one module (attention output and pattern) share one access.
         cache: dict[tuple[str, str], object] = {}
@@ -110,7 +140,9 @@ def capture(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, posit
     out = {}
     for p, v in zip(points, saved):
         v = v[p.item] if p.item is not None else v
-        out[p.name] = select(v, layout, positions, p)
+        if p.vision_side:
+            v = _raster_rows(lm, inputs, v)
+        out[p.name] = v if positions is None else select(v, layout, positions, p)
     return out
 
 
@@ -118,7 +150,7 @@ def capture(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, posit
 
 def _shape_bound(shape: tuple, layout: TokenLayout, positions: str, point: HookPoint, max_layout: TokenLayout):
     """Per-sample shape with the token axis widened to the largest sample's."""
-    if point.vision_side or positions in ("last",):
+    if point.vision_side or point.video_rows or positions == "last":
         return shape
     n = {"all": max_layout.n_tokens, "video": len(max_layout.video)}.get(positions)
     if positions in ("frame_mean", "frames"):

@@ -43,8 +43,7 @@ class Family:
     rotary: str
     prompt: PromptFormat
     frame_tokens: str | None  # 'pooled_grid' | 'onevision' | 'qwen' | None (text-only)
-    vision_out: tuple[str, str] | None = None
-    projector_out: tuple[str, str] | None = None
+    vision_out: tuple[str, str] | None = None  # (module path, 'input' | 'output'): features entering the projector
     video_token: str | None = None  # text of the placeholder token
     video_token_attr: str | None = None  # config attribute holding its id
     recipe_kind: str | None = None
@@ -52,6 +51,10 @@ class Family:
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     notes: str = ""
     special_tokens: tuple[str, ...] = field(default_factory=tuple)
+    # Qwen2.5-VL: M-RoPE time positions in seconds (second_per_grid_ts), and a vision
+    # tower that works in windows and hands the merger its rows in window order.
+    absolute_time: bool = False
+    vision_window_order: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -64,10 +67,8 @@ FAMILIES: dict[str, Family] = {
         final_norm="model.language_model.norm",
         unembed="lm_head",
         rotary="model.language_model.rotary_emb",
-        # The projector's input is the pooled per-frame grid (one row per video
-        # token), its output is what the LLM reads at the video positions.
+        # The projector's input is the pooled per-frame grid (one row per video token).
         vision_out=("model.multi_modal_projector", "input"),
-        projector_out=("model.multi_modal_projector", "output"),
         video_token="<video>",
         video_token_attr="video_token_id",
         frame_tokens="pooled_grid",
@@ -87,12 +88,12 @@ FAMILIES: dict[str, Family] = {
         rotary="model.language_model.rotary_emb",
         # OneVision projects before pooling, so the projector's input has the full grid.
         vision_out=("model.multi_modal_projector", "input"),
-        projector_out=("model.multi_modal_projector", "output"),
         video_token="<video>",
         video_token_attr="video_token_id",
         frame_tokens="onevision",
         recipe_kind="square",
-        prompt=PromptFormat(system=QWEN_SYSTEM, trailing=INSTRUCTION + QWEN_ASSISTANT + ANSWER_PREFIX),
+        # Its chat template: no system turn, "user" then a space, the video, "\n" + text.
+        prompt=PromptFormat(system="<|im_start|>user ", trailing=INSTRUCTION + QWEN_ASSISTANT + ANSWER_PREFIX),
         special_tokens=("<video>", "<image>", "<|im_start|>", "<|im_end|>"),
         notes="SigLIP grid per frame, bilinear-pooled to ceil(n/2)^2 tokens, then ONE newline token after the whole video.",
     ),
@@ -106,7 +107,6 @@ FAMILIES: dict[str, Family] = {
         unembed="lm_head",
         rotary="model.language_model.rotary_emb",
         vision_out=("model.visual.merger", "input"),
-        projector_out=("model.visual.merger", "output"),
         video_token="<|video_pad|>",
         video_token_attr="video_token_id",
         frame_tokens="qwen",
@@ -144,6 +144,8 @@ FAMILIES["qwen2_5_vl"] = replace(
     model_types=("qwen2_5_vl",),
     model_class="Qwen2_5_VLForConditionalGeneration",
     notes="As Qwen2-VL, with window attention in the vision tower and absolute time in M-RoPE (second_per_grid_ts).",
+    absolute_time=True,
+    vision_window_order=True,
 )
 
 
@@ -155,17 +157,40 @@ def family_for(model_type: str) -> Family:
     raise ValueError(f"no family table for model_type {model_type!r}; known: {', '.join(known)}. Add one to tracing/families.py")
 
 
-def recipe(fam: Family, config, processor_config: dict | None = None) -> Recipe:
-    """The preprocessing recipe for a loaded model, from its config (and its
-    preprocessor_config.json when the checkpoint ships one)."""
-    pc = processor_config or {}
+# Qwen's video processor sizes frames within its own pixel budget (the
+# Qwen2VLVideoProcessor defaults, as qwen-vl-utils), not the image processor's
+# 3136 / 12,845,056 that preprocessor_config.json holds: a 720p video gives
+# 2,880 tokens for 8 frames, not 4,784.
+QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28
+QWEN_VIDEO_MAX_PIXELS = 768 * 28 * 28
+
+
+def recipe(fam: Family, config, processor_config: dict | None = None, video_config: dict | None = None,
+           pixels: tuple[int, int] | None = None) -> Recipe:
+    """The preprocessing recipe for a loaded model, from its config and the
+    processor files the checkpoint ships: ``video_config`` is its
+    video_preprocessor_config.json, ``processor_config`` its
+    preprocessor_config.json (used for the pixel budget only when there is no
+    video config: the image budget does not apply to video). ``pixels``
+    (min, max per frame) overrides the Qwen budget."""
+    vconf = video_config or {}
+    pc = {**(processor_config or {}), **vconf}
     mean = tuple(pc.get("image_mean", fam.mean))
     std = tuple(pc.get("image_std", fam.std))
     vc = config.vision_config
     if fam.recipe_kind in ("shortest_edge_crop", "square"):
         return Recipe(fam.recipe_kind, size=vc.image_size, mean=mean, std=std, patch=vc.patch_size)
     if fam.recipe_kind == "smart_resize":
-        size = pc.get("size", {})
+        if pixels is not None:
+            lo, hi = pixels
+        elif vconf:
+            size = vconf.get("size", {})
+            lo = vconf.get("min_pixels", size.get("shortest_edge", QWEN_VIDEO_MIN_PIXELS))
+            hi = vconf.get("max_pixels", size.get("longest_edge", QWEN_VIDEO_MAX_PIXELS))
+        else:
+            lo, hi = QWEN_VIDEO_MIN_PIXELS, QWEN_VIDEO_MAX_PIXELS
+        if not 0 < lo <= hi:
+            raise ValueError(f"video pixel budget: need 0 < min <= max pixels per frame, got {lo}, {hi}")
         return Recipe(
             "smart_resize",
             size=0,
@@ -174,8 +199,8 @@ def recipe(fam: Family, config, processor_config: dict | None = None) -> Recipe:
             patch=vc.patch_size,
             merge=vc.spatial_merge_size,
             temporal_patch=vc.temporal_patch_size,
-            min_pixels=pc.get("min_pixels", size.get("shortest_edge", 56 * 56)),
-            max_pixels=pc.get("max_pixels", size.get("longest_edge", 28 * 28 * 1280)),
+            min_pixels=int(lo),
+            max_pixels=int(hi),
         )
     raise ValueError(f"family {fam.name} takes no frames")
 

@@ -114,7 +114,7 @@ def to_hooked(lm):
     return hooked
 
 
-def capture_hooked(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, positions: str = "all",
+def capture_hooked(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, positions: str | None = "all",
                    layers: list[int] | None = None) -> dict[str, torch.Tensor]:
     """``tracing.capture.capture`` through TransformerLens: the same names,
     positions and shapes. Attention patterns need no eager attention here (TL
@@ -130,7 +130,8 @@ def capture_hooked(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str
         point = resolve(lm, n)
 
         def keep(x, hook, n=n, fn=fn, point=point):
-            out[n] = select(fn(tl, x) if fn else x, layout, positions, point)
+            x = fn(tl, x) if fn else x
+            out[n] = x if positions is None else select(x, layout, positions, point)
 
         fwd.append((tl_hook, keep))
         deepest = max(deepest, -1 if layer is None else layer)

@@ -2,8 +2,13 @@
 
     embed.hook_out               token embeddings (the embedding module's output;
                                  video positions hold the placeholder's embedding)
-    vision.hook_out              vision encoder features entering the projector
-    projector.hook_out           projector output (what the LLM reads at video positions)
+    vision.hook_out              vision encoder features entering the projector, frame after
+                                 frame in raster order (OneVision: before its pooling; Qwen:
+                                 patches, 4 per merged token; Qwen2.5-VL's window order undone)
+    projector.hook_out           what the LLM reads at its video positions, one row per video
+                                 token in order (after OneVision's pooling, with its newline
+                                 row last; Qwen2.5-VL in raster order): the rows of the
+                                 language model's input embeddings at those positions
     blocks.{l}.hook_resid_pre    residual stream entering layer l
     blocks.{l}.attn.hook_pattern attention probabilities [heads, q, k] (eager only, on request)
     blocks.{l}.hook_attn_out     attention block output (before the residual add)
@@ -40,6 +45,7 @@ class HookPoint:
     item: int | None  # index into a tuple output (attention returns (out, weights))
     order: tuple[int, int]
     vision_side: bool = False  # rows are vision features, not LLM positions
+    video_rows: bool = False  # LLM positions, restricted to the video tokens
 
 
 def resolve(lm, name: str) -> HookPoint:
@@ -48,10 +54,13 @@ def resolve(lm, name: str) -> HookPoint:
     if name == "embed.hook_out":
         return HookPoint(name, fam.embed, "output", None, (0, 0))
     if name in ("vision.hook_out", "projector.hook_out"):
-        point = fam.vision_out if name.startswith("vision") else fam.projector_out
-        if point is None:
+        if fam.vision_out is None:
             raise KeyError(f"hook {name!r}: model {lm.name!r} ({fam.name}) has no vision side")
-        return HookPoint(name, point[0], point[1], None, (1 if name.startswith("vision") else 2, 0), vision_side=True)
+        if name == "vision.hook_out":
+            return HookPoint(name, fam.vision_out[0], fam.vision_out[1], None, (1, 0), vision_side=True)
+        # Read where the LLM reads it: whatever a family does after its projector
+        # (pooling, a newline row, restoring raster order) is then already done.
+        return HookPoint(name, f"{fam.layers}.0", "input", None, (2, 0), video_rows=True)
     if name == "ln_final.hook_normalized":
         return HookPoint(name, fam.final_norm, "output", None, (10**9, 0))
     m = _BLOCK_RE.match(name)

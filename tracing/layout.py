@@ -69,6 +69,13 @@ class TokenLayout:
         return out
 
     @property
+    def video_token_positions(self) -> list[int]:
+        """Positions of the video tokens, in order: every frame group's, then
+        separators such as OneVision's newline (the rows the LLM reads from the projector)."""
+        pos = [p for s in self.frame_groups for p in s.range()]
+        return pos + ([self.extra["newline"]] if "newline" in self.extra else [])
+
+    @property
     def n_frames(self) -> int:
         return len(self.frames)
 

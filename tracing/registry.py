@@ -49,7 +49,8 @@ class LoadedModel:
     recipe: Recipe | None
     source: str
     fingerprint: str
-    processor_config: dict = field(default_factory=dict)
+    processor_config: dict = field(default_factory=dict)  # preprocessor_config.json, when shipped
+    video_config: dict = field(default_factory=dict)  # video_preprocessor_config.json, when shipped
 
     @property
     def config(self):
@@ -156,19 +157,23 @@ def load_model(
     dtype: str = "float32",
     attn: str = "eager",
     device_map: str | None = None,
+    video_pixels: tuple[int, int] | None = None,
 ) -> LoadedModel:
     """Load a model by name. ``attn`` sets the LLM's attention implementation
     ('eager' gives attention probabilities; knockouts work under both).
-    ``device_map='auto'`` spreads a large model over the visible GPUs."""
+    ``device_map='auto'`` spreads a large model over the visible GPUs.
+    ``video_pixels`` (min, max pixels per frame) sets the Qwen families' video
+    budget; by default it is the checkpoint's video processor's (or, when it
+    ships none, Hugging Face's video defaults)."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     kind, source = resolve(name)
     if kind == "tiny":
         from .tiny import build_tiny
 
-        model, tok, pconf = build_tiny(name)
+        model, tok, pconf, vconf = build_tiny(name)
     else:
-        model, tok, pconf = _from_pretrained(name, kind, source, DTYPES[dtype], device_map)
+        model, tok, pconf, vconf = _from_pretrained(name, kind, source, DTYPES[dtype], device_map)
     fam = family_for(model.config.model_type)
     # Only the language model changes implementation: vision towers keep their own.
     if hasattr(model.config, "text_config"):
@@ -179,8 +184,8 @@ def load_model(
     if device_map is None:
         model = model.to(device)
     model.eval()
-    rec = recipe(fam, model.config, pconf) if fam.frame_tokens else None
-    return LoadedModel(name, model, tok, fam, rec, source, fingerprint(model), pconf)
+    rec = recipe(fam, model.config, pconf, vconf, video_pixels) if fam.frame_tokens else None
+    return LoadedModel(name, model, tok, fam, rec, source, fingerprint(model), pconf, vconf)
 
 
 def _from_pretrained(name, kind, source, dtype, device_map):
@@ -213,13 +218,16 @@ def _from_pretrained(name, kind, source, dtype, device_map):
             raise _not_found(name, source, "weights missing") from None
         model = cls.from_pretrained(source, **kw)
     tok = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    pconf = {}
-    try:
-        from transformers.utils import cached_file
+    return model, tok, _shipped_json(source, "preprocessor_config.json"), \
+        _shipped_json(source, "video_preprocessor_config.json")
 
-        f = cached_file(source, "preprocessor_config.json", local_files_only=True, _raise_exceptions_for_missing_entries=False)
-        if f:
-            pconf = json.loads(Path(f).read_text())
+
+def _shipped_json(source: str, filename: str) -> dict:
+    """A processor file of the checkpoint, or {} when it ships none."""
+    from transformers.utils import cached_file
+
+    try:
+        f = cached_file(source, filename, local_files_only=True, _raise_exceptions_for_missing_entries=False)
     except OSError:
-        pass
-    return model, tok, pconf
+        return {}
+    return json.loads(Path(f).read_text()) if f else {}

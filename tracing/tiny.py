@@ -97,7 +97,7 @@ _TEXT_CLASS = {"tiny-llama": "LlamaForCausalLM"}
 
 
 def build_tiny(name: str):
-    """-> (model, tokenizer, processor_config). Deterministic in ``name``."""
+    """-> (model, tokenizer, processor_config, video_config). Deterministic in ``name``."""
     fam = FAMILIES[_FAMILY_OF[name]]
     words = _WORDS + [fam.prompt.system.replace("<|im_start|>", " ").replace("<|im_end|>", " ")]
     if name in _TEXT_CLASS:  # only there: the video models' vocabularies (and weights) stay as they were
@@ -116,5 +116,5 @@ def build_tiny(name: str):
                 elif mod_name == "lm_head.weight":
                     p.mul_(30.0)
     # Qwen's smart_resize: allow small frames (56 px -> a 4x4 patch grid).
-    pconf = {"min_pixels": 56 * 56, "max_pixels": 112 * 112} if "qwen" in name else {}
-    return model, tok, pconf
+    vconf = {"min_pixels": 56 * 56, "max_pixels": 112 * 112} if "qwen" in name else {}
+    return model, tok, {}, vconf
