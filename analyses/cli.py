@@ -6,7 +6,7 @@ import json
 import sys
 
 from tasks.datasets import DATASETS, load_dataset
-from tracing.registry import available, load_model
+from tracing.registry import available, load_model, pixel_budget
 
 
 def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16) -> argparse.ArgumentParser:
@@ -25,6 +25,9 @@ def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     ap.add_argument("--device-map", default=None, help="'auto' spreads a large model over the visible GPUs")
+    ap.add_argument("--video-pixels", default=None, type=pixel_budget, metavar="MIN,MAX",
+                    help="Qwen families: pixels per frame after resizing, e.g. 100352,602112 (default: the "
+                         "checkpoint's video processor, else Hugging Face's video defaults 128*28*28,768*28*28)")
     ap.add_argument("--out", default=None, help="HDF5 output file (default: cache/<analysis>-<model>-<dataset>.h5)")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an existing --out written with another configuration (without it such a file is "
@@ -60,7 +63,8 @@ def load_data(a, n_frames: int | None = None, **kw):
 
 
 def load_from_args(a, attn: str = "sdpa"):
-    return load_model(a.model, device=a.device, dtype=a.dtype, attn=attn, device_map=a.device_map)
+    return load_model(a.model, device=a.device, dtype=a.dtype, attn=attn, device_map=a.device_map,
+                      video_pixels=a.video_pixels)
 
 
 def default_out(analysis: str, a) -> str:

@@ -252,7 +252,7 @@ def _file_hooks(out):
 def main(argv=None):
     import argparse
 
-    from .registry import available, load_model
+    from .registry import available, load_model, pixel_budget
 
     ap = argparse.ArgumentParser(
         prog="python -m tracing.capture",
@@ -273,6 +273,9 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     ap.add_argument("--device-map", default=None, help="'auto' to spread a large model over GPUs")
+    ap.add_argument("--video-pixels", default=None, type=pixel_budget, metavar="MIN,MAX",
+                    help="Qwen families: pixels per frame after resizing (default: the checkpoint's video processor, "
+                         "else Hugging Face's video defaults)")
     ap.add_argument("--backend", default="nnsight", choices=BACKENDS,
                     help="nnsight (every model) or transformer_lens (text models only; no vision towers in TL)")
     ap.add_argument("--out", default=None, help="HDF5 file (default cache/capture-<model>-<dataset>.h5)")
@@ -283,7 +286,7 @@ def main(argv=None):
 
     pattern = "pattern" in a.hooks and a.backend == "nnsight"  # TL computes patterns itself
     lm = load_model(a.model, device=a.device, dtype=a.dtype, attn="eager" if pattern else "sdpa",
-                    device_map=a.device_map)
+                    device_map=a.device_map, video_pixels=a.video_pixels)
     if a.backend == "transformer_lens":
         from .hooked import check_text_model
 

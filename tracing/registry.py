@@ -151,6 +151,19 @@ def resolve(name: str) -> tuple[str, str]:
     )
 
 
+def pixel_budget(text: str) -> tuple[int, int]:
+    """'MIN,MAX' -> (min, max) pixels per frame: the type of every CLI's --video-pixels."""
+    from argparse import ArgumentTypeError
+
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise ArgumentTypeError(f"expected MIN,MAX pixels per frame (two integers), got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise ArgumentTypeError(f"need 0 < MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
 def load_model(
     name: str = "organism",
     device: str = "cpu",
