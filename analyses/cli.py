@@ -74,5 +74,7 @@ def default_out(analysis: str, a) -> str:
 def run_config(a, **extra) -> dict:
     """The run's configuration as recorded in the output file."""
     d = {k: v for k, v in vars(a).items() if k not in PRESENTATION}
+    if d.get("video_pixels") is None:  # recorded only when set: files written before the flag still resume
+        d.pop("video_pixels", None)
     d.update(extra)
     return json.loads(json.dumps(d, default=str))

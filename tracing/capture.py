@@ -304,6 +304,8 @@ def main(argv=None):
     out = a.out or f"cache/capture-{a.model.replace('/', '_')}-{a.dataset}.h5"
     cfg = {"tasks": tasks, "limit": a.limit, "frames": a.frames, "seed": a.seed, "dtype": a.dtype,
            "layers": layers, "data_dir": a.data_dir}
+    if a.video_pixels:  # only then: caches written before the flag existed still resume
+        cfg["video_pixels"] = list(a.video_pixels)
     skipped = capture_dataset(lm, res.samples, a.hooks, out, a.positions, layers, a.float16, a.dataset, cfg,
                               backend=a.backend, context=context)
     for sid, why in skipped:
