@@ -92,8 +92,10 @@ FAMILIES: dict[str, Family] = {
         video_token_attr="video_token_id",
         frame_tokens="onevision",
         recipe_kind="square",
-        # Its chat template: no system turn, "user" then a space, the video, "\n" + text.
-        prompt=PromptFormat(system="<|im_start|>user ", trailing=INSTRUCTION + QWEN_ASSISTANT + ANSWER_PREFIX),
+        # Its chat template: no system turn, "user" then a space, the video, "\n" + text,
+        # and no newline between the user's <|im_end|> and the assistant's turn.
+        prompt=PromptFormat(system="<|im_start|>user ",
+                            trailing=INSTRUCTION + "<|im_end|><|im_start|>assistant\n" + ANSWER_PREFIX),
         special_tokens=("<video>", "<image>", "<|im_start|>", "<|im_end|>"),
         notes="SigLIP grid per frame, bilinear-pooled to ceil(n/2)^2 tokens, then ONE newline token after the whole video.",
     ),
