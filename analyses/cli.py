@@ -35,12 +35,13 @@ def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16)
     ap.add_argument("--figures", default=None,
                     help="folder for the figures, PNG and PDF (default: next to --out, <out stem>_figures)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
     return ap
 
 
 # Arguments that change how a run is shown or where it goes, not its numbers:
 # left out of the configuration a results file is identified by.
-PRESENTATION = ("out", "overwrite", "figures", "no_progress")
+PRESENTATION = ("out", "overwrite", "figures", "no_progress", "debug")
 
 
 def figures_dir(a, out) -> "Path":
@@ -48,6 +49,18 @@ def figures_dir(a, out) -> "Path":
 
     out = Path(out)
     return Path(a.figures) if a.figures else out.with_name(out.stem + "_figures")
+
+
+def preflight(analysis: str, a) -> "Path":
+    """What can be checked before the data and the model are loaded, in that
+    order: the output path (analyses.run.check_out), then the model's name
+    (an unknown name fails in milliseconds). -> the absolute output path."""
+    from analyses.run import check_out
+    from tracing.registry import resolve
+
+    out = check_out(default_out(analysis, a), a.overwrite)
+    resolve(a.model)
+    return out
 
 
 def load_data(a, n_frames: int | None = None, **kw):

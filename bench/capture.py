@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from tasks.types import Sample
-from tracing.capture import capture, capture_dataset
+from analyses.capture import capture_dataset
+from tracing.capture import capture
 from tracing.inputs import build_sample_inputs
 from tracing.registry import load_model
 

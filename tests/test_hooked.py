@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from tasks.synthetic import caption_prompt, render
-from tracing.capture import capture, capture_dataset, main
+from analyses.capture import capture_dataset, main
+from analyses.run import RunError, UsageError, cli_boundary
+from tracing.capture import capture
 from tracing.hooked import TL_HOOKS, to_hooked
 from tracing.inputs import build_inputs, build_sample_inputs
 from tracing.registry import load_model
-from tracing.store import CacheMismatchError, CacheReader
+from tracing.store import CacheReader
 
 torch.set_num_threads(1)
 TOL = dict(rtol=0, atol=1e-5)  # float32; TL computes attention with its own einsums
@@ -135,9 +137,14 @@ def test_cli_backend_into_hdf5(lm, tmp_path, capsys):
         ref = capture(lm, inp, lay, ["blocks.3.hook_resid_post"], "last")["blocks.3.hook_resid_post"]
         np.testing.assert_allclose(got[i], ref.numpy(), rtol=0, atol=1e-5)
     # The other backend is another configuration: refused, not appended to.
-    with pytest.raises(CacheMismatchError, match="config.backend"):
+    with pytest.raises(RunError, match="config.backend"):
         main(argv + ["--backend", "nnsight"])
     # A video model with the TL backend: a usage error naming the reason, nothing written.
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="no vision towers"):
         main(["--model", "tiny-llava-next", "--backend", "transformer_lens", "--out", str(tmp_path / "v.h5")])
-    assert "no vision towers" in capsys.readouterr().err and not (tmp_path / "v.h5").exists()
+    capsys.readouterr()
+    assert cli_boundary(main)(["--model", "tiny-llava-next", "--backend", "transformer_lens",
+                               "--out", str(tmp_path / "v.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "no vision towers" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "v.h5").exists()

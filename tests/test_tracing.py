@@ -156,7 +156,7 @@ def test_bad_frames_are_refused():
 
 def test_capture_cli_writes_and_resumes(tmp_path):
     out = tmp_path / "cap.h5"
-    cmd = [sys.executable, "-m", "tracing.capture", "--model", "tiny-llava-onevision", "--tasks", "direction,static_color",
+    cmd = [sys.executable, "-m", "analyses.capture", "--model", "tiny-llava-onevision", "--tasks", "direction,static_color",
            "--limit", "2", "--frames", "4", "--hooks", "vision,resid_post", "--positions", "frame_mean", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, capture_output=True, env=env)
@@ -187,7 +187,7 @@ def test_capture_dataset_varied_lengths_no_probe_forward_and_resume(tmp_path):
     import h5py
 
     from tasks.types import Sample
-    from tracing.capture import capture_dataset
+    from analyses.capture import capture_dataset
 
     lm = load_model("tiny-llava-onevision")
     samples = [Sample(f"s{i}", "t", q, ["left", "right"], i % 2, frames=FRAMES[:n])

@@ -323,6 +323,11 @@ class CacheWriter:
             _create(path, ident, datetime.now(timezone.utc).isoformat(), max_json_bytes)
         return cls(path, _open_h5(path, "r+"), ident)
 
+    @property
+    def hooks(self) -> dict | None:
+        """{name: [max shape, dtype]}, or None until the first sample defines them."""
+        return self._ident["hooks"]
+
     def pending(self) -> list[int]:
         """Indices of samples not yet complete, in order."""
         return [int(i) for i in np.flatnonzero(~self._f["samples/complete"][()])]

@@ -1,0 +1,137 @@
+"""Activations of a model on a dataset into an HDF5 cache, on the run engine.
+
+    python -m analyses.capture --model organism --hooks resid_post --positions frame_mean
+
+    from analyses.capture import capture_dataset
+    reader = capture_dataset(lm, samples, ["resid_post"], "cache/acts.h5", positions="frame_mean")
+
+One unit per sample: its activations at the chosen hooks and positions
+(``tracing.capture.capture``), its TokenLayout. The largest sample is captured
+first: its shapes bound the file's. Resume, refusal of another configuration,
+``--overwrite`` and the lock are the engine's (analyses/run.py).
+"""
+from __future__ import annotations
+
+from analyses.run import Declaration, SkipUnit, cli_boundary, run
+
+
+def declare(lm, samples, hooks, positions: str = "all", layers=None, float16: bool = False,
+            config: dict | None = None, backend: str = "nnsight", context=None) -> Declaration:
+    """The capture of ``hooks`` on every sample as an engine declaration.
+
+    context: None, or a function sample -> text shown in place of the video
+    (e.g. ``tasks.synthetic.caption_prompt``, the T3 text form): what a
+    text-only model reads. backend: see ``tracing.capture.capture``."""
+    from tracing.capture import capture
+    from tracing.hooks import expand
+    from tracing.inputs import build_sample_inputs
+    from tracing.store import SampleMeta
+
+    if backend == "transformer_lens":
+        from tracing.hooked import check_text_model
+
+        check_text_model(lm)  # before anything is built or written
+    names = expand(lm, hooks, layers)
+
+    def build(s):
+        return build_sample_inputs(lm, s, context=None if context is None else context(s))
+
+    # Layouts first (no forward; milliseconds a sample): a sample that cannot be
+    # built is a bad item, and the largest one is captured first.
+    sizes = []
+    for s in samples:
+        try:
+            sizes.append(build(s)[1].n_tokens)
+        except ValueError:
+            sizes.append(-1)
+    units = [SampleMeta(s.id, s.task, int(s.answer), -1, {"options": s.options, "question": s.question})
+             for s in samples]
+    cfg = {"hooks": names, "positions": positions, **(config or {})}
+    if backend != "nnsight":
+        cfg["backend"] = backend
+
+    def compute(i):
+        try:
+            inputs, layout = build(samples[i])
+        except ValueError as e:
+            raise SkipUnit(str(e)) from None
+        acts = capture(lm, inputs, layout, names, positions, backend=backend)
+        # .numpy() shares the tensor's memory: no copy for float32 on the CPU
+        return {k: v.detach().float().cpu().numpy() for k, v in acts.items()}, layout.to_dict(), {}
+
+    big = max(range(len(samples)), key=lambda i: sizes[i]) if samples else 0
+    return Declaration("capture", cfg, units, compute, float16=float16, order=[big])
+
+
+def capture_dataset(lm, samples, hooks, out, positions: str = "all", layers=None, float16: bool = False,
+                    dataset: str = "synthetic", config: dict | None = None, progress: bool = True,
+                    backend: str = "nnsight", context=None, overwrite: bool = False):
+    """Capture ``hooks`` for every sample into the HDF5 cache ``out``, one sample
+    at a time (memory flat in the number of samples). -> tracing.store.CacheReader.
+    A rerun resumes; another configuration is refused (``overwrite`` replaces it
+    when the new run completes)."""
+    from tracing.store import CacheReader
+
+    decl = declare(lm, samples, hooks, positions, layers, float16, config, backend, context)
+    done = run(decl, out, lm.name, lm.fingerprint, dataset, overwrite=overwrite, progress=progress)
+    return CacheReader(done.path)
+
+
+def build_parser():
+    from analyses.cli import common_parser
+    from tracing.capture import BACKENDS, POSITIONS
+
+    ap = common_parser("python -m analyses.capture", __doc__.split("\n\n")[0].replace("\n", " "), limit=8)
+    ap.add_argument("--hooks", default="resid_post",
+                    help="comma-separated hook names or shorthands (embed, vision, projector, resid_pre, resid_post, "
+                         "attn_out, mlp_out, pattern, ln_final); see tracing/hooks.py")
+    ap.add_argument("--layers", default=None, help="comma-separated layer indices for per-layer hooks (default: all)")
+    ap.add_argument("--positions", default="frame_mean", help=f"{', '.join(POSITIONS)} or a TokenLayout span name")
+    ap.add_argument("--float16", action="store_true", help="store activations as float16")
+    ap.add_argument("--backend", default="nnsight", choices=BACKENDS,
+                    help="nnsight (every model) or transformer_lens (text models only; no vision towers in TL)")
+    return ap
+
+
+def main(argv=None):
+    from analyses.cli import load_data, load_from_args, preflight
+    from analyses.run import UsageError
+    from tasks.synthetic import caption_prompt
+
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        layers = [int(x) for x in a.layers.split(",")] if a.layers else None
+    except ValueError:
+        raise UsageError(f"--layers {a.layers!r}: comma-separated integers") from None
+    pattern = "pattern" in a.hooks and a.backend == "nnsight"  # TL computes patterns itself
+    out = preflight("capture", a)
+    samples = load_data(a).samples
+    lm = load_from_args(a, attn="eager" if pattern else "sdpa")
+    if a.backend == "transformer_lens":
+        from tracing.hooked import check_text_model
+
+        try:
+            check_text_model(lm)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    try:
+        from tracing.hooks import expand
+
+        expand(lm, a.hooks, layers)
+    except KeyError as e:
+        raise UsageError(f"--hooks / --layers: {e.args[0]}") from None
+    # A text-only model reads the video as its per-frame captions (the T3 text form).
+    context = caption_prompt if lm.family.frame_tokens is None else None
+    cfg = {"tasks": a.tasks.split(",") if a.tasks else None, "limit": a.limit, "frames": a.frames, "seed": a.seed,
+           "dtype": a.dtype, "layers": layers, "data_dir": a.data_dir}
+    if a.video_pixels:
+        cfg["video_pixels"] = list(a.video_pixels)
+    r = capture_dataset(lm, samples, a.hooks, out, a.positions, layers, a.float16, a.dataset, cfg,
+                        progress=not a.no_progress, backend=a.backend, context=context, overwrite=a.overwrite)
+    print(f"wrote {r.path}")
+    return r
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli_boundary(main)())

@@ -1,0 +1,258 @@
+"""The run engine: what every analysis (and capture) shares, written once.
+
+An analysis declares itself as a ``Declaration``: its configuration (what
+changes results), its units (one per sample) and a per-unit function that
+returns arrays; optionally a reduction from the stored per-unit arrays to
+results. ``run`` does the rest:
+
+- the output's identity (model fingerprint, dataset, configuration and the
+  unit list; never outputs): a file of another run is refused with one line
+  naming the file and the differing settings, and left untouched;
+- checks before any compute (``check_out``): a parent that is a file, a
+  folder that cannot be written, an existing file chronolens did not write
+  (never replaced, even with --overwrite);
+- one writer at a time (a lock beside the output);
+- per-unit resume (the store's completion record: a killed run redoes only
+  the unit it was writing);
+- ``--overwrite``: the new run is written beside the old file and swapped in
+  with one atomic rename when it completes, so a killed run leaves the old
+  file as it was;
+- progress bars, and the record of skipped bad units (stored in the file,
+  summarised at the end).
+
+``cli_boundary`` is the one error boundary of every CLI: a known error is one
+line on stderr (exit 2 for usage errors, 1 for the rest), ``--debug`` shows
+the traceback.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+class RunError(Exception):
+    """A known problem with a run (bad file, mismatched output, a second writer): one line, exit 1."""
+
+    exit_code = 1
+
+
+class UsageError(RunError):
+    """A bad flag value or combination: exit 2, as argparse does."""
+
+    exit_code = 2
+
+
+class SkipUnit(Exception):
+    """Raised by a per-unit function for a bad item (a corrupt video, ...): the
+    unit is recorded as skipped with the message, and the run goes on."""
+
+
+@dataclass
+class Declaration:
+    """An analysis, as the engine runs it.
+
+    kind:     the analysis name ('capture', 'lens', ...), recorded in the file.
+    config:   everything that changes results (presentation flags excluded).
+    units:    ``tracing.store.SampleMeta`` per unit, in order (id, task, gold label).
+    compute:  unit index -> (arrays {name: ndarray}, layout dict, meta dict); raise
+              SkipUnit for a bad item.
+    shapes:   {name: (max shape, dtype)} when known before the first unit, else None
+              (then the first computed unit fixes them).
+    float16:  store floating arrays as float16.
+    """
+
+    kind: str
+    config: dict
+    units: list
+    compute: Callable[[int], tuple[dict, dict, dict]]
+    shapes: dict | None = None
+    float16: bool = False
+    order: list[int] | None = None  # units to compute first (e.g. the largest, which fixes shapes)
+    describe: str = ""
+
+    def identity_config(self) -> dict:
+        return {"analysis": self.kind, **self.config}
+
+
+@dataclass
+class Outcome:
+    path: Path
+    computed: int
+    resumed: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- the output path
+
+def check_out(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse, before any compute, an output path that cannot work: its parent is
+    a file or not writable, it is a folder, or it is an existing file that
+    chronolens did not write (never replaced, even with ``overwrite``). A
+    missing parent folder is created. -> the absolute path."""
+    from tracing.store import StoreError, _open_h5, _read_identity
+
+    out = Path(out).expanduser().absolute()
+    for parent in [out.parent, *out.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunError(f"--out {out}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise RunError(f"--out {out}: folder {parent} is not writable")
+            break
+    if out.is_dir():
+        raise RunError(f"--out {out}: is a folder; give a file name ending in .h5")
+    if out.exists():
+        try:
+            with _open_h5(out) as f:
+                _read_identity(f, out)
+        except (StoreError, OSError, KeyError) as e:
+            raise RunError(f"--out {out}: an existing file that chronolens did not write ({e}); "
+                           f"it is never replaced: choose another --out") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class _Lock:
+    """An exclusive lock beside the output: a second run writing the same file is refused at once."""
+
+    def __init__(self, out: Path):
+        self.out, self.path = out, out.with_name(f".{out.name}.lock")
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise RunError(f"{self.out}: another run is writing it (lock {self.path}); wait for it to "
+                           f"finish or choose another --out") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def beside(out: Path) -> Path:
+    """Where an --overwrite run writes until it completes."""
+    return out.with_name(out.name + ".next")
+
+
+def _mismatch(path: Path, decl: Declaration, model: str, fingerprint: str, dataset: str) -> list[str]:
+    """How the file at path differs from this run ([] when it is this run's)."""
+    from tracing.store import _differences, _identity, _open_h5, _read_identity
+
+    with _open_h5(path) as f:
+        old = _read_identity(f, path)
+    new = _identity("cache", model, fingerprint, dataset, decl.identity_config(), decl.units,
+                    decl.shapes, decl.float16)
+    return _differences(old, new)
+
+
+# ---------------------------------------------------------------- the run
+
+def run(decl: Declaration, out: str | Path, model: str, fingerprint: str, dataset: str,
+        overwrite: bool = False, progress: bool = True, log=None) -> Outcome:
+    """Compute every pending unit of ``decl`` into the HDF5 file ``out`` (see the
+    module docstring). Raises RunError for a file of another run (unless
+    ``overwrite``), a second writer, or a file chronolens did not write."""
+    from tqdm import tqdm
+
+    from tracing.store import CacheWriter
+
+    log = log or (lambda m: print(m, file=sys.stderr))
+    out = check_out(out, overwrite)
+    with _Lock(out):
+        target = out
+        if out.exists():
+            diffs = _mismatch(out, decl, model, fingerprint, dataset)
+            if diffs and not overwrite:
+                raise RunError(f"{out} holds another run ({'; '.join(diffs)}); choose another --out, "
+                               f"or pass --overwrite to replace it")
+            if diffs:
+                target = beside(out)
+                if target.exists() and _mismatch(target, decl, model, fingerprint, dataset):
+                    target.unlink()  # an abandoned --overwrite of yet another configuration
+        skipped: list[tuple[str, str]] = []
+        with CacheWriter.open(target, model, fingerprint, dataset, decl.identity_config(), decl.units,
+                              hooks=decl.shapes, float16=decl.float16) as w:
+            todo = w.pending()
+            resumed = len(decl.units) - len(todo)
+            if resumed:
+                log(f"{out}: resuming, {resumed} of {len(decl.units)} units already complete")
+            first = [i for i in (decl.order or []) if i in todo]
+            todo = first + [i for i in todo if i not in set(first)]
+            for i in tqdm(todo, desc=decl.describe or f"{decl.kind} -> {out.name}", unit="unit",
+                          disable=not progress):
+                try:
+                    arrays, layout, meta = decl.compute(i)
+                except SkipUnit as e:
+                    skipped.append((i, str(e)))
+                    continue
+                w.write_sample(i, arrays, layout, meta)
+            for i, why in skipped:  # recorded as complete and empty, with the reason: a rerun does not retry
+                if w.hooks is None:
+                    raise RunError(f"no unit could be computed; first problem: {decl.units[i].id}: {why}")
+                w.write_sample(i, {n: np.zeros((0,) * len(shape)) for n, (shape, _) in w.hooks.items()}, {},
+                               {"skipped": why})
+        if target != out:
+            os.replace(target, out)  # the one place an output is swapped in
+    for i, why in skipped:
+        log(f"skipped {decl.units[i].id}: {why}")
+    return Outcome(out, len(todo) - len(skipped), resumed, [(decl.units[i].id, why) for i, why in skipped])
+
+
+def skipped_units(path: str | Path) -> list[tuple[str, str]]:
+    """(unit id, reason) of every unit a run recorded as skipped."""
+    from tracing.store import CacheReader
+
+    r = CacheReader(path)
+    ids = r.samples["id"]
+    return [(str(ids[i]), r.meta(i)["skipped"]) for i in range(len(ids)) if "skipped" in r.meta(i)]
+
+
+# ---------------------------------------------------------------- the error boundary
+
+def known_errors() -> tuple[type, ...]:
+    from tasks.video import VideoError
+    from tracing.registry import ModelNotFoundError
+    from tracing.store import StoreError
+
+    return (RunError, ModelNotFoundError, StoreError, VideoError, FileNotFoundError, ValueError)
+
+
+def cli_boundary(main: Callable[[list[str] | None], object]) -> Callable[[list[str] | None], int]:
+    """Wrap a CLI's main(argv): a known error becomes one line on stderr and exit
+    code 2 (usage) or 1 (the rest), without a traceback unless --debug."""
+
+    def entry(argv: list[str] | None = None) -> int:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        debug = "--debug" in argv
+        try:
+            main([x for x in argv if x != "--debug"])
+        except KeyboardInterrupt:
+            print("interrupted; what was complete is kept and a rerun resumes", file=sys.stderr)
+            return 130
+        except known_errors() as e:
+            if debug:
+                traceback.print_exc()
+            print(f"error: {e}", file=sys.stderr)
+            return getattr(e, "exit_code", 1)
+        return 0
+
+    return entry
+
+
+def stored(path: str | Path, name: str, complete_only: bool = True) -> list[np.ndarray]:
+    """The per-unit arrays ``name`` of a run's file, one per unit (padding trimmed)."""
+    from tracing.store import CacheReader
+
+    return CacheReader(path).acts(name, complete_only=complete_only)
