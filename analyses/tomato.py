@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.types import LETTERS, Sample
-from tasks.video import VideoError, count_frames, load_frames_at, sample_indices
+from tasks.video import VideoError, count_frames, duration, load_frames_at, sample_indices
 
 from . import tomato_metrics as M
 
@@ -248,9 +248,14 @@ class _Prepared:
     human: int
     indices: dict[str, np.ndarray | None]
     store: dict[int, np.ndarray]
+    seconds: float | None = None  # of the whole video, when known
 
     def frames(self, name: str) -> np.ndarray:
         return np.stack([self.store[int(i)] for i in self.indices[name]])
+
+    def sampled_fps(self, name: str) -> float | None:
+        """Frames kept per second of video under a condition (Qwen2.5-VL's time positions)."""
+        return len(self.indices[name]) / self.seconds if self.seconds else None
 
 
 def prepare(sample: Sample, row: int, conditions: list[Condition], recipe=None) -> tuple[_Prepared, list[str]]:
@@ -263,10 +268,14 @@ def prepare(sample: Sample, row: int, conditions: list[Condition], recipe=None) 
     the file when it is missing or unreadable."""
     notes = []
     h = human_frame(sample)
+    seconds = None
     if sample.frames is not None:
         n_total = int(sample.frames.shape[0])
+        if sample.meta.get("sampled_fps"):
+            seconds = n_total / sample.meta["sampled_fps"]
     elif sample.video_path:
         n_total = count_frames(sample.video_path)
+        seconds = duration(sample.video_path)
         if n_total == 0:
             raise VideoError(sample.video_path, "contains no decodable frames")
     else:
@@ -284,7 +293,7 @@ def prepare(sample: Sample, row: int, conditions: list[Condition], recipe=None) 
 
             arr = resize_frames(arr, recipe)  # idempotent: build_inputs' own resize is then a no-op
         store = {i: arr[j] for j, i in enumerate(need)}
-    return _Prepared(row, sample, n_total, h, idx, store), notes
+    return _Prepared(row, sample, n_total, h, idx, store, seconds), notes
 
 
 # ============================================================== results
@@ -404,7 +413,8 @@ def _score(lm, entries: list[tuple[_Prepared, str]], batch_size: int, generate: 
             for j in chunk:  # built per batch: a 16-frame 336 px video is 20 MB of pixels
                 p, name = entries[j]
                 s = p.sample
-                items.append(build_inputs(lm, p.frames(name), s.question, s.options, s.answer))
+                items.append(build_inputs(lm, p.frames(name), s.question, s.options, s.answer,
+                                          sampled_fps=p.sampled_fps(name)))
             if generate:
                 for j, (inp, _) in zip(chunk, items):
                     text = _generate(lm, inp, max_new_tokens)
@@ -433,7 +443,7 @@ def _residuals(lm, p: _Prepared, name: str) -> np.ndarray:
     from tracing.inputs import build_inputs
 
     s = p.sample
-    inp, lay = build_inputs(lm, p.frames(name), s.question, s.options, s.answer)
+    inp, lay = build_inputs(lm, p.frames(name), s.question, s.options, s.answer, sampled_fps=p.sampled_fps(name))
     acts = capture(lm, inp, lay, "resid_post", positions="last")
     return np.stack([acts[f"blocks.{l}.hook_resid_post"].float().cpu().numpy() for l in range(lm.n_layers)])
 

@@ -9,6 +9,7 @@ naming the file.
     load_frames_at(path, indices)  the frames at given indices, decoding no further
                                    than the last of them
     sampled_fps(path, n)           frames kept per second of video (Qwen2.5-VL's time positions)
+    duration(path)                 seconds of video the container declares
     count_frames(path)             how many frames decode
 """
 from __future__ import annotations
@@ -146,16 +147,18 @@ def load_frames(path: str | os.PathLike, n_frames: int | None = None, size: int 
     return np.stack([kept[int(i)] for i in idx]).astype(np.uint8, copy=False)
 
 
+def duration(path: str | os.PathLike) -> float | None:
+    """Seconds of video the container declares (frames / frame rate), or None when it declares neither."""
+    declared, fps = _header(_check_file(path))
+    return declared / fps if declared > 0 and fps > 0 else None
+
+
 def sampled_fps(path: str | os.PathLike, n_kept: int, bound: tuple[float, float] | None = None) -> float | None:
     """Frames kept per second of video: ``n_kept`` over the seconds they were sampled
     from (the clip ``bound`` or the whole file), as Hugging Face's ``VideoMetadata.sampled_fps``.
     None when the container declares no frame count or rate."""
-    declared, fps = _header(_check_file(path))
-    if bound is not None:
-        seconds = bound[1] - bound[0]
-    else:
-        seconds = declared / fps if declared > 0 and fps > 0 else 0.0
-    return n_kept / seconds if seconds > 0 else None
+    seconds = bound[1] - bound[0] if bound is not None else duration(path)
+    return n_kept / seconds if seconds else None
 
 
 def load_frames_at(path: str | os.PathLike, indices, size: int | None = None) -> np.ndarray:

@@ -138,3 +138,13 @@ def test_capture_and_knockout_against_plain_forwards(family):
     for i, kind in enumerate(kinds):
         ref = reference_logits(lm, inp, hand_mask(lay.n_tokens, hand_blocks(lay, kind)), layers, lay.last).softmax(-1)
         assert (fast[i] - ref).abs().max() < 1e-5, kind
+
+
+def test_check_cli_on_a_published_folder(family, capsys):
+    """python -m tracing.check on a checkpoint folder: the chat template it ships,
+    the Pil image processors per frame (no torchvision here) -> no difference."""
+    from tracing.check import main
+
+    fam, lm = family
+    assert main(["--model", lm.source, "--frames", "4"]) == 0
+    assert "same: input_ids and pixel values" in capsys.readouterr().out
