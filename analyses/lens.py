@@ -9,9 +9,8 @@ the paper finds spatial words peak early and temporal words in middle layers.
 
     python -m analyses.lens --model organism --dataset synthetic --limit 4
 
-    res = lens_analysis(lm, samples, parse_words("synthetic"))  # video_lens + word_counts
-    write_results(rf, res)            # rf: a tracing.store.ResultsFile
-    save_figures(load_results(rf.path), folder)
+    res = run(lm, samples, "cache/lens.h5", parse_words("synthetic"))  # on the run engine
+    save_figures(load_results("cache/lens.h5"), folder)
 
 Layer entries: entry l (0 <= l <= L) is the residual stream after l layers:
 entry l < L is blocks.{l}.hook_resid_pre (entry 0 = what the LLM reads at the
@@ -21,19 +20,19 @@ Qwen two frames share one group) and its tokens; pool='frame_mean' averages
 each group's tokens before the readout (P = 1). Separators outside the frame
 spans (OneVision's newline) are left out.
 
-Results file (tracing/store.py ResultsFile, rows aligned with /samples; G, P
-padded to the largest sample with id -1 / NaN):
+The file (analyses/run.py's engine; one unit per sample, G and P up to the
+largest sample's):
 
-    /results/lens/<readout>/topk_ids     int32 [N, L+1, G, P, k] vocabulary ids, best first
-    /results/lens/<readout>/topk_probs   float32 [N, L+1, G, P, k] their softmax probabilities
-    /results/lens/<readout>/word_counts  int [W, B] top-1 readouts in each word list per layer bin
-    /results/lens/<readout>/word_shares  [W, B] the counts row-normalised (0 for a list without hits)
-    /results/lens/<readout>/word_rates   [W, B] counts / all top-1 readouts of the bin
-    /results/lens/bins                   int [B, 2] first and last layer entry of each bin
-    /results/lens/bin_totals             int [B] top-1 readouts per bin (samples x tokens x entries)
-    /results/lens/n_groups, tokens_per_group, pred   int [N]
-    /results/lens/vocab                  str [V] token string of each id
-    /results/lens/words/<list>           str [n] the words kept (attrs: ids, dropped words)
+    /acts/topk_ids@<readout>     int32 [N, L+1, G, P, k] vocabulary ids, best first
+    /acts/topk_probs@<readout>   float32 [N, L+1, G, P, k] their softmax probabilities
+    /acts/pred                   int [N, 1] the option the model answers
+    /results/lens/vocab          str [V] token string of each id (attrs: readouts, k, pool, bin width, lists)
+    /results/lens/words/<list>   str [n] the words kept (attrs: ids, dropped words)
+
+``load_results`` pads the samples together (ids -1, probabilities NaN) and
+counts the top-1 readouts of each word list per layer bin (``word_counts``:
+counts, row-normalised shares, rates). ``python -m analyses.flow --lens``
+stores the same arrays under /results/lens/ of its own file.
 
 A vocabulary token matches a list word when it equals it case-insensitively
 once a leading-space marker ('▁', 'Ġ') is stripped; list words no single
@@ -351,13 +350,6 @@ def top_tokens(top1: np.ndarray, n: int = 3, axis_keep: tuple[int, ...] = (1,)) 
 
 # ---------------------------------------------------------------- results file
 
-def _metas(samples, pred):
-    from tracing.store import SampleMeta
-
-    return [SampleMeta(s.id, s.task, int(s.answer), int(p), {"question": s.question, "options": list(s.options)})
-            for s, p in zip(samples, pred)]
-
-
 def lens_analysis(lm, samples, word_lists: dict[str, list[str]] | None = None, k: int = 5,
                   readouts=READOUTS, pool: str = "token", bin_width: int | None = None, progress: bool = True,
                   warn: bool = True) -> dict:
@@ -377,13 +369,27 @@ def lens_analysis(lm, samples, word_lists: dict[str, list[str]] | None = None, k
     return res
 
 
+def static_results(res: dict, attrs: dict, prefix: str = "lens") -> dict:
+    """The results that need no sample: the vocabulary and the word lists kept
+    -> {name: (array, attrs)}; the vocabulary's attrs describe the run."""
+    out = {f"{prefix}/words/{n}": (np.array(list(ws), dtype=str),
+                                   {"ids": {w: list(map(int, i)) for w, i in ws.items()},
+                                    "dropped": list(res["dropped"].get(n, []))})
+           for n, ws in res["words"].items()}
+    out[f"{prefix}/vocab"] = (np.array(res["vocab"], dtype=str), attrs)
+    return out
+
+
+def _attrs(readouts, k: int, pool: str, n_layers: int, bin_width: int, lists) -> dict:
+    return {"readouts": list(readouts), "k": k, "pool": pool, "n_layers": n_layers, "bin_width": int(bin_width),
+            "lists": list(lists), "entries": f"entry l < {n_layers}: blocks.l.hook_resid_pre; "
+                                              f"entry {n_layers}: blocks.{n_layers - 1}.hook_resid_post"}
+
+
 def write_results(rf, res: dict, prefix: str = "lens") -> None:
     """Store lens_analysis' dict under /results/<prefix>/ of the
     tracing.store.ResultsFile rf (rows aligned with its /samples)."""
-    L = res["n_layers"]
-    attrs = {"readouts": res["readouts"], "k": res["k"], "pool": res["pool"], "n_layers": L,
-             "bin_width": int(res["bin_width"]), "lists": list(res["words"]),
-             "entries": f"entry l < {L}: blocks.l.hook_resid_pre; entry {L}: blocks.{L - 1}.hook_resid_post"}
+    attrs = _attrs(res["readouts"], res["k"], res["pool"], res["n_layers"], res["bin_width"], res["words"])
     for r in res["readouts"]:
         c, a = res["word"][r], {**attrs, "readout": r, "label": READOUT_LABELS[r]}
         rf.write_result(f"{prefix}/{r}/word_counts", c["counts"], a, overwrite=True)
@@ -395,48 +401,64 @@ def write_results(rf, res: dict, prefix: str = "lens") -> None:
     rf.write_result(f"{prefix}/bin_totals", c["totals"], attrs, overwrite=True)
     for n in ("n_groups", "tokens_per_group", "pred"):
         rf.write_result(f"{prefix}/{n}", np.asarray(res[n]), attrs, overwrite=True)
-    for n, ws in res["words"].items():
-        rf.write_result(f"{prefix}/words/{n}", np.array(list(ws), dtype=str),
-                        {"ids": {w: list(map(int, i)) for w, i in ws.items()},
-                         "dropped": list(res["dropped"].get(n, []))}, overwrite=True)
-    rf.write_result(f"{prefix}/vocab", np.array(res["vocab"], dtype=str), attrs, overwrite=True)
+    for name, (array, a) in static_results(res, attrs, prefix).items():
+        rf.write_result(name, array, a, overwrite=True)
     for r in res["readouts"]:  # the large arrays last: each write copies the file
         a = {**attrs, "readout": r, "label": READOUT_LABELS[r]}
         rf.write_result(f"{prefix}/{r}/topk_ids", res["topk_ids"][r], a, overwrite=True)
         rf.write_result(f"{prefix}/{r}/topk_probs", res["topk_probs"][r], a, overwrite=True)
 
 
+def _unit_arrays(r, readouts: list[str]) -> dict:
+    """The per-unit arrays of a ``python -m analyses.lens`` file, padded into the
+    [N, L+1, G, P, k] layout (ids -1 and probabilities NaN as padding)."""
+    def stack(name, fill, dtype):
+        parts = r.acts(name)
+        if isinstance(parts, np.ndarray):
+            return parts.astype(dtype)
+        shape = np.max([p.shape for p in parts], 0)
+        out = np.full((len(parts), *shape), fill, dtype)
+        for n, p in enumerate(parts):
+            out[(n, *[slice(0, d) for d in p.shape])] = p
+        return out
+
+    ids = {x: stack(f"topk_ids@{x}", -1, np.int32) for x in readouts}
+    sizes = [p.shape for p in r.acts(f"topk_ids@{readouts[0]}", complete_only=True)]
+    return {"topk_ids": ids, "topk_probs": {x: stack(f"topk_probs@{x}", np.nan, np.float32) for x in readouts},
+            "n_groups": np.array([s[1] for s in sizes]), "tokens_per_group": np.array([s[2] for s in sizes]),
+            "pred": np.array([p[0] if len(p) else -1 for p in r.acts("pred")])}  # -1: a skipped sample
+
+
 def load_results(path, prefix: str = "lens") -> dict:
     """The lens results in the file at path -> lens_analysis' dict, plus
-    'task' [N], 'tasks', 'label' [N] and 'config'."""
+    'task' [N], 'tasks', 'label' [N] and 'config'. Reads a ``python -m
+    analyses.lens`` file (per-sample arrays; the word counts are computed here)
+    or the /results/<prefix> of a flow file."""
     from tracing.store import CacheReader
 
     r = CacheReader(path)
     names = r.results()
-    if f"{prefix}/bins" not in names:
+    if f"{prefix}/vocab" not in names:
         raise KeyError(f"{path}: no lens results under {prefix!r} (it holds {names}); run python -m analyses.lens")
-    bins, attrs = r.result(f"{prefix}/bins")
+    _, attrs = r.result(f"{prefix}/vocab")
     out = {"readouts": list(attrs["readouts"]), "k": attrs["k"], "pool": attrs["pool"], "n_layers": attrs["n_layers"],
            "bin_width": attrs["bin_width"], "config": r.config, "model": r.attrs.get("model"),
            "task": np.array(r.samples["task"]).astype(str), "label": np.array(r.samples["label"]),
            "vocab": list(r.result(f"{prefix}/vocab")[0])}
     out["tasks"] = list(dict.fromkeys(out["task"].tolist()))
-    for n in ("n_groups", "tokens_per_group", "pred"):
-        out[n] = r.result(f"{prefix}/{n}")[0]
     out["words"], out["dropped"] = {}, {}
     for n in attrs["lists"]:
         w, wa = r.result(f"{prefix}/words/{n}")
         out["words"][n] = {str(x): wa["ids"][str(x)] for x in np.atleast_1d(w)}
         out["dropped"][n] = wa["dropped"]
-    out["topk_ids"] = {x: r.result(f"{prefix}/{x}/topk_ids")[0] for x in out["readouts"]}
-    out["topk_probs"] = {x: r.result(f"{prefix}/{x}/topk_probs")[0] for x in out["readouts"]}
-    totals = r.result(f"{prefix}/bin_totals")[0]
-    out["word"] = {}
-    for x in out["readouts"]:
-        counts = r.result(f"{prefix}/{x}/word_counts")[0]
-        out["word"][x] = {"lists": list(attrs["lists"]), "bins": bins, "counts": counts, "totals": totals,
-                          "hits": counts.sum(1), "shares": r.result(f"{prefix}/{x}/word_shares")[0],
-                          "rates": r.result(f"{prefix}/{x}/word_rates")[0]}
+    if f"topk_ids@{out['readouts'][0]}" in r.hooks:
+        out.update(_unit_arrays(r, out["readouts"]))
+    else:
+        for n in ("n_groups", "tokens_per_group", "pred"):
+            out[n] = r.result(f"{prefix}/{n}")[0]
+        out["topk_ids"] = {x: r.result(f"{prefix}/{x}/topk_ids")[0] for x in out["readouts"]}
+        out["topk_probs"] = {x: r.result(f"{prefix}/{x}/topk_probs")[0] for x in out["readouts"]}
+    out["word"] = {x: word_counts(out["topk_ids"][x][..., 0], out["words"], out["bin_width"]) for x in out["readouts"]}
     return out
 
 
@@ -564,76 +586,110 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _other_run(path: Path, lm, dataset: str, config: dict) -> str | None:
-    """Why the file at path belongs to another run (model, dataset or
-    configuration differ, or not a chronolens file), or None."""
-    from tracing.store import CacheReader, StoreError
+def declare(lm, samples, word_lists: dict[str, list[str]] | None = None, k: int = 5, readouts=READOUTS,
+            pool: str = "token", bin_width: int | None = None, config: dict | None = None, warn: bool = True):
+    """The lens on every sample as a run-engine declaration: per sample the
+    top-k ids and probabilities of every readout and the model's answer; the
+    vocabulary and the word lists kept are stored with the file."""
+    from analyses.run import Declaration, SkipUnit
+    from tracing.inputs import build_sample_inputs
+    from tracing.store import SampleMeta
 
-    if not path.exists():
-        return None
-    try:
-        r = CacheReader(path)
-    except (StoreError, OSError, KeyError) as e:
-        return f"unreadable as a chronolens file: {e}"
-    mine = {"model": lm.name, "model_fingerprint": lm.fingerprint, "dataset": dataset}
-    diff = [k for k, v in mine.items() if str(r.attrs.get(k)) != v]
-    old, new = r.config, json.loads(json.dumps(config, sort_keys=True, default=str))
-    diff += [f"config.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return ", ".join(f"{d} differs" for d in diff) or None
+    readouts = list(readouts)
+    bad = [r for r in readouts if r not in READOUTS]
+    if bad or not readouts:
+        raise ValueError(f"readouts {readouts}: choose from {', '.join(READOUTS)}")
+    if pool not in POOLS:
+        raise ValueError(f"pool={pool!r}: choose from {', '.join(POOLS)}")
+    vocab = vocab_tokens(lm.tokenizer, lm.module(lm.family.embed).weight.shape[0])
+    words, dropped = resolve_words(lm.tokenizer, word_lists or SYNTHETIC_WORDS, vocab, warn=warn)
+    bw = int(bin_width or default_bin_width(lm.n_layers))
+    layouts = {}
+    for i, s in enumerate(samples):  # no forward: the largest frame grid bounds the stored shapes
+        try:
+            layouts[i] = build_sample_inputs(lm, s)[1]
+        except ValueError:
+            pass
+    if not layouts:
+        raise ValueError("no sample could be prepared for the lens (no video?)")
+    G = max(len(x.frame_groups) for x in layouts.values())
+    P = 1 if pool == "frame_mean" else max(len(g) for x in layouts.values() for g in x.frame_groups)
+    E = lm.n_layers + 1
+    shapes = {"pred": ((1,), "int64")}
+    for r in readouts:
+        shapes[f"topk_ids@{r}"] = ((E, G, P, k), "int32")
+        shapes[f"topk_probs@{r}"] = ((E, G, P, k), "float32")
+    cache: dict = {}
+
+    def compute(i):
+        if i not in layouts:
+            raise SkipUnit(f"cannot build its prompt (frames {samples[i].n_frames})")
+        inputs, layout = build_sample_inputs(lm, samples[i])
+        x = sample_lens(lm, inputs, layout, k, readouts, pool, cache)
+        arrays = {"pred": np.array([x["pred"]])}
+        for r in readouts:
+            arrays[f"topk_ids@{r}"], arrays[f"topk_probs@{r}"] = x["topk_ids"][r], x["topk_probs"][r]
+        return arrays, layout.to_dict(), {}
+
+    units = [SampleMeta(s.id, s.task, int(s.answer), -1, {"question": s.question, "options": list(s.options)})
+             for s in samples]
+    cfg = {"readout_list": readouts, "k": k, "pool": pool, "bin_width": bw, "word_lists": word_lists,
+           **(config or {})}
+    res = {"words": words, "dropped": dropped, "vocab": vocab}
+    static = static_results(res, _attrs(readouts, k, pool, lm.n_layers, bw, words))
+    return Declaration("lens", cfg, units, compute, shapes=shapes, static=static, describe="video lens")
+
+
+def run(lm, samples, out, word_lists: dict[str, list[str]] | None = None, k: int = 5, readouts=READOUTS,
+        pool: str = "token", bin_width: int | None = None, dataset: str = "synthetic", config: dict | None = None,
+        overwrite: bool = False, progress: bool = True) -> dict:
+    """The lens on every sample into the HDF5 file ``out`` (resumable; another
+    configuration refused unless ``overwrite``) -> load_results(out)."""
+    from analyses import run as engine
+
+    decl = declare(lm, samples, word_lists, k, readouts, pool, bin_width, config, warn=False)
+    done = engine.run(decl, out, lm.name, lm.fingerprint, dataset, overwrite=overwrite, progress=progress)
+    return load_results(done.path)
 
 
 def main(argv=None) -> dict:
     import torch
 
-    from analyses.cli import default_out, figures_dir, load_data, load_from_args, run_config
-    from tracing.store import CacheMismatchError, ResultsFile
+    from analyses.cli import figures_dir, load_data, load_from_args, preflight, run_config
+    from analyses.run import UsageError
 
     ap = build_parser()
     a = ap.parse_args(argv)
     readouts = [r.strip() for r in a.readout.split(",") if r.strip()]
     bad = [r for r in readouts if r not in READOUTS]
     if bad or not readouts:
-        ap.error(f"--readout {a.readout!r}: choose from {', '.join(READOUTS)}")
+        raise UsageError(f"--readout {a.readout!r}: choose from {', '.join(READOUTS)}")
     if a.k < 1:
-        ap.error(f"--k {a.k}: must be >= 1")
+        raise UsageError(f"--k {a.k}: must be >= 1")
     if a.bin_width is not None and a.bin_width < 1:
-        ap.error(f"--bin-width {a.bin_width}: must be >= 1")
+        raise UsageError(f"--bin-width {a.bin_width}: must be >= 1")
     try:
         word_lists = parse_words(a.words, a.dataset)
     except ValueError as e:
-        ap.error(str(e))
-    out = Path(default_out("lens", a))
+        raise UsageError(str(e)) from None
+    out = preflight("lens", a)
     figures = figures_dir(a, out)
     samples = load_data(a).samples
     lm = load_from_args(a)
-    bw = a.bin_width or default_bin_width(lm.n_layers)
-    config = run_config(a, readout_list=readouts, bin_width=bw, word_lists=word_lists)
-    why = _other_run(out, lm, a.dataset, config)
-    if why and not a.overwrite:  # refused before the forward passes, not after
-        raise SystemExit(f"{out} holds another run ({why}); choose another --out or pass --overwrite to replace it")
-    if why:
-        out.unlink()
     torch.manual_seed(a.seed)
-    res = lens_analysis(lm, samples, word_lists, a.k, readouts, a.pool, bw, progress=not a.no_progress, warn=False)
+    config = {k: v for k, v in run_config(a).items() if k not in ("readout", "words", "k", "pool", "bin_width")}
+    res = run(lm, samples, out, word_lists, a.k, readouts, a.pool, a.bin_width, a.dataset, config,
+              overwrite=a.overwrite, progress=not a.no_progress)
     if any(res["dropped"].values()):
         print("dropped word-list words that are not single tokens of this vocabulary: "
               + "; ".join(f"{n}: {', '.join(d)}" for n, d in res["dropped"].items() if d), file=sys.stderr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    metas = _metas(samples, res["pred"])
-    try:
-        rf = ResultsFile.open(out, lm.name, lm.fingerprint, a.dataset, config, metas)
-    except CacheMismatchError as e:
-        if not a.overwrite:
-            raise SystemExit(f"{e}\n(pass --overwrite to replace {out})") from None
-        out.unlink()
-        rf = ResultsFile.open(out, lm.name, lm.fingerprint, a.dataset, config, metas)
-    write_results(rf, res)
-    back = load_results(out)
-    paths = save_figures(back, figures)
-    print(table(back))
+    paths = save_figures(res, figures)
+    print(table(res))
     print(f"wrote {out}, {', '.join(paths)}", file=sys.stderr)
-    return back
+    return res
 
 
 if __name__ == "__main__":
-    main()
+    from analyses.run import cli_boundary
+
+    raise SystemExit(cli_boundary(main)())

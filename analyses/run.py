@@ -75,6 +75,8 @@ class Declaration:
     shapes: dict | None = None
     float16: bool = False
     order: list[int] | None = None  # units to compute first (e.g. the largest, which fixes shapes)
+    static: dict | None = None  # {name: (array, attrs)} results that need no unit (a vocabulary, word lists)
+    max_json_bytes: int = 16384  # per unit, for its layout and meta
     describe: str = ""
 
     def identity_config(self) -> dict:
@@ -183,7 +185,8 @@ def run(decl: Declaration, out: str | Path, model: str, fingerprint: str, datase
                     target.unlink()  # an abandoned --overwrite of yet another configuration
         skipped: list[tuple[str, str]] = []
         with CacheWriter.open(target, model, fingerprint, dataset, decl.identity_config(), decl.units,
-                              hooks=decl.shapes, float16=decl.float16) as w:
+                              hooks=decl.shapes, float16=decl.float16, static=decl.static,
+                              max_json_bytes=decl.max_json_bytes) as w:
             todo = w.pending()
             resumed = len(decl.units) - len(todo)
             if resumed:

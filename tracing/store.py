@@ -226,8 +226,9 @@ def _early(**kw):
     return dict(dcpl=dcpl, fill_time="never", **kw)
 
 
-def _create(path, ident, created, max_json_bytes=0):
-    """Build the whole file in <path>.partial, then move it into place atomically."""
+def _create(path, ident, created, max_json_bytes=0, static=None):
+    """Build the whole file in <path>.partial, then move it into place atomically.
+    static: {name: (array, attrs)} results known before any sample, written now."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
@@ -251,6 +252,8 @@ def _create(path, ident, created, max_json_bytes=0):
         s.create_dataset("answer", data=np.array([x["answer"] for x in samples], dtype=np.int64))
         s.create_dataset("meta", data=np.array([_dumps(x["meta"]) for x in samples], dtype=object), dtype=st)
         f.create_group("results")
+        for name, (array, attrs) in (static or {}).items():
+            _put_result(f, path, name, array, attrs, overwrite=False)
         if ident["kind"] == "cache":
             a["float16"] = ident["float16"]
             a["hooks"] = _dumps(ident["hooks"])
@@ -291,21 +294,23 @@ class CacheWriter:
             w.write_sample(i, {hook: array}, layout, meta)
     """
 
-    def __init__(self, path, f, ident):
-        self.path, self._f, self._ident = Path(path), f, ident
+    def __init__(self, path, f, ident, static=None):
+        self.path, self._f, self._ident, self._static = Path(path), f, ident, static
         self.n_samples = len(ident["samples"])
         self._limit = int(f.attrs["max_json_bytes"])
 
     @classmethod
     def open(cls, path, model, model_fingerprint, dataset, config: dict,
              samples: list[SampleMeta], hooks: dict | None = None, float16: bool = False,
-             max_json_bytes: int = 16384) -> "CacheWriter":
+             max_json_bytes: int = 16384, static: dict | None = None) -> "CacheWriter":
         """Create the file, or resume it if it holds the same run.
 
         hooks: {name: (max_shape, dtype)}, max_shape being the per-sample shape
         (e.g. [n_positions, d_model]; with positions="all", the longest sample's).
         None: the first write_sample defines them from its arrays' shapes.
-        float16: store floating hooks as float16. Raises CacheMismatchError if the
+        float16: store floating hooks as float16. static: {name: (array, attrs)}
+        results that do not depend on the samples (a vocabulary, word lists),
+        written with the file's structure. Raises CacheMismatchError if the
         file exists with another model, fingerprint, dataset, config, sample list,
         hooks or float16 -- the file is then left untouched.
         """
@@ -317,11 +322,11 @@ class CacheWriter:
         if path.exists():
             old = _check_existing(path, ident)
             if old["hooks"] is None and ident["hooks"] is not None:
-                _create(path, ident, _attr(path, "created"), _attr(path, "max_json_bytes"))
+                _create(path, ident, _attr(path, "created"), _attr(path, "max_json_bytes"), static)
             ident["hooks"] = old["hooks"] if ident["hooks"] is None else ident["hooks"]
         else:
-            _create(path, ident, datetime.now(timezone.utc).isoformat(), max_json_bytes)
-        return cls(path, _open_h5(path, "r+"), ident)
+            _create(path, ident, datetime.now(timezone.utc).isoformat(), max_json_bytes, static)
+        return cls(path, _open_h5(path, "r+"), ident, static)
 
     @property
     def hooks(self) -> dict | None:
@@ -383,7 +388,7 @@ class CacheWriter:
         spec = _hook_spec(spec, self._ident["float16"])  # validate before closing
         self._f.close()
         self._ident["hooks"] = spec
-        _create(self.path, self._ident, _attr(self.path, "created"), self._limit)
+        _create(self.path, self._ident, _attr(self.path, "created"), self._limit, self._static)
         self._f = _open_h5(self.path, "r+")
 
     def write_result(self, name: str, array, attrs: dict | None = None, overwrite: bool = False):
