@@ -19,8 +19,8 @@ def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16)
     ap.add_argument("--data-dir", default=None, help="folder holding the benchmark's annotations and videos")
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: the dataset's own set)")
     ap.add_argument("--frames", type=int, default=frames, help="frames sampled uniformly from each video")
-    ap.add_argument("--limit", type=int, default=limit,
-                    help="samples per task (synthetic) or in total (benchmarks)")
+    ap.add_argument("--limit", type=_limit, default=limit,
+                    help="samples per task (synthetic) or in total (benchmarks); 'all' for every one")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples and of any randomness")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
@@ -51,6 +51,26 @@ def figures_dir(a, out) -> "Path":
     return Path(a.figures) if a.figures else out.with_name(out.stem + "_figures")
 
 
+def _limit(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+def check_flags(a) -> None:
+    """The shared flags' values, before anything is loaded: UsageError naming the flag."""
+    from analyses.run import UsageError
+
+    if getattr(a, "limit", None) is not None and a.limit < 1:
+        raise UsageError(f"--limit {a.limit}: must be >= 1, or 'all'")
+    if getattr(a, "frames", 1) < 1:
+        raise UsageError(f"--frames {a.frames}: must be >= 1")
+    if str(getattr(a, "device", "cpu")).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {a.device}: this torch has no CUDA device (torch {torch.__version__}); "
+                             f"use --device cpu")
+
+
 def preflight(analysis: str, a) -> "Path":
     """What can be checked before the data and the model are loaded, in that
     order: the output path (analyses.run.check_out), then the model's name
@@ -58,6 +78,7 @@ def preflight(analysis: str, a) -> "Path":
     from analyses.run import check_out
     from tracing.registry import resolve
 
+    check_flags(a)
     out = check_out(default_out(analysis, a), a.overwrite)
     resolve(a.model)
     return out

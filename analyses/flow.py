@@ -671,6 +671,9 @@ def main(argv=None) -> dict:
     ap = build_parser()
     a = ap.parse_args(argv)
     edge_names = parse_edges(a.edges)
+    from analyses.cli import check_flags
+
+    check_flags(a)
     if a.window is not None and a.window < 1:
         ap.error(f"--window {a.window}: must be >= 1")
     if a.pathways and a.find_pathways:
@@ -702,6 +705,8 @@ def main(argv=None) -> dict:
             given = parse_pathways(a.pathways, lm.n_layers)
         except ValueError as err:
             ap.error(f"--pathways: {err}")
+    if a.window is not None and a.window > lm.n_layers:
+        ap.error(f"--window {a.window}: the model has {lm.n_layers} layers")
     k = default_window(lm.n_layers) if a.window is None else a.window
     config = {kk: v for kk, v in run_config(a, edge_list=edge_names, k=k).items()
               if kk not in PRESENTATION + PATHWAY_ARGS}

@@ -714,6 +714,26 @@ def writable(path: Path, open_file, overwrite: bool) -> Path:
     return nxt
 
 
+def check_folds(samples: list[Sample], cv: int) -> None:
+    """Refuse, before any compute, a run whose probes cannot be cross-validated:
+    every answer of every question (the probes' groups) needs at least ``cv``
+    training samples, or the choice of C fails hours in."""
+    from collections import Counter
+
+    from analyses.run import UsageError
+
+    if cv < 2:
+        raise UsageError(f"--cv {cv}: need at least 2 folds")
+    counts: dict = {}
+    for s in samples:
+        if s.meta["split"] == "train":
+            counts.setdefault((s.task, s.question), Counter())[s.answer] += 1
+    for (task, question), c in counts.items():
+        if min(c.values()) < cv:
+            raise UsageError(f"--samples: task {task!r}, question {question!r} has only {min(c.values())} training "
+                             f"samples of one answer, fewer than --cv {cv} folds; raise --samples or lower --cv")
+
+
 def main(argv=None) -> T3Result:
     from analyses.cli import default_out, figures_dir, load_from_args, run_config
     from tracing.store import ResultsFile
@@ -722,6 +742,9 @@ def main(argv=None) -> T3Result:
     a = ap.parse_args(argv)
     if a.dataset != "synthetic" or a.data_dir is not None or a.limit is not None:
         ap.error("T3 runs on its own synthetic tasks: use --tasks and --samples, not --dataset/--data-dir/--limit")
+    from analyses.cli import check_flags
+
+    check_flags(a)
     tasks = a.tasks.split(",") if a.tasks else list(T3_TASKS)
     bad = [t for t in tasks if t not in T3_TASKS]
     if bad:
@@ -738,6 +761,7 @@ def main(argv=None) -> T3Result:
     config = {k: v for k, v in run_config(a).items() if k not in ("no_progress", "figures", "cache", "batch_size")}
     samples = t3_dataset(tasks, a.samples, a.seed, a.frames, a.size, a.train_background, a.test_background,
                          shape.get(a.train_shape, a.train_shape), shape.get(a.test_shape, a.test_shape))
+    check_folds(samples, a.cv)
     lm = load_from_args(a)
     # Both files are checked before the long part, so that one of another run is refused at once.
     metas = [_sample_meta(s) for s in samples]

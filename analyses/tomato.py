@@ -1245,7 +1245,7 @@ def build_parser():
     ap = common_parser("python -m analyses.tomato",
                        "TOMATO's ablations (multi-frame gain kappa, frame order sensitivity tau, frame "
                        "information disparity rho) and the layers at which the model becomes sensitive to frame "
-                       "order. --limit 0 reads every question; synthetic --tasks default to the temporal tasks and "
+                       "order. --limit all reads every question; synthetic --tasks default to the temporal tasks and "
                        "the static control.", frames=16, limit=16)
     ap.add_argument("--shuffle-seeds", type=int, default=3, help="number of shuffled runs (one permutation per seed)")
     ap.add_argument("--counts", default=",".join(map(str, DEFAULT_COUNTS)),
@@ -1333,8 +1333,9 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    if a.limit is not None and a.limit <= 0:
-        a.limit = None
+    from .cli import check_flags
+
+    check_flags(a)
     try:  # a bad flag value, data folder or model name: one line, no traceback
         cfg = AblationConfig(frames=a.frames, shuffle_seeds=a.shuffle_seeds, counts=_ints(a.counts, "--counts"),
                              singles=tuple(x for x in a.singles.split(",") if x), seed=a.seed,

@@ -154,3 +154,17 @@ def test_unreachable_model_second_writer_and_bad_paths(analysis, tmp_path, capsy
     # --debug shows the traceback
     assert run_in_process(analysis, foreign, "--debug") == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, says", [(["--limit", "-1"], "--limit -1"), (["--frames", "0"], "--frames 0"),
+                                       (["--device", "cuda"], "no CUDA device")])
+def test_bad_shared_flags_are_usage_errors_before_anything_loads(analysis, bad, says, tmp_path, capsys):
+    if bad[0] == "--device":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA device")  # a GPU machine: --device cuda is valid there
+    assert run_in_process(analysis, tmp_path / "x.h5", *bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
+    assert list(tmp_path.iterdir()) == []

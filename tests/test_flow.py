@@ -5,7 +5,6 @@ cutting cross-frame attention leaves the static control unchanged."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from analyses import flow
 from tasks.datasets import load_dataset
 from tracing.inputs import build_sample_inputs
 from tracing.knockout import edges, knockout, window
-from tracing.registry import ORGANISM_DIR, load_model
+from tracing.registry import load_model
 from tracing.store import CacheReader
 
 torch.set_num_threads(1)
@@ -62,13 +61,6 @@ def test_tiny_run_writes_file_and_figures(tiny_run, tiny):
     assert res["kept"].all()  # --samples all
     base = r.result("baseline")[0]
     np.testing.assert_allclose(np.nansum(base, 1) <= 1 + 1e-5, True)
-    # accuracy after knockout = mean of the per-sample correctness
-    for e in TINY_EDGES:
-        np.testing.assert_allclose(res["flow_acc"][e], res["flow_correct"][e].mean(0))
-    # the answer's flow equals the ground truth's where the model answers correctly
-    ok = res["pred"] == res["label"]
-    for e in TINY_EDGES:
-        np.testing.assert_allclose(res["flow"][e][ok], res["flow_answer"][e][ok])
     # video -/-> last never changes anything before the last position: a window
     # sweep of it gives finite values, and cross-frame with 2 frames too
     assert np.isfinite(res["flow"]["cross_frame"]).all()
@@ -136,21 +128,9 @@ def test_pathways_through_the_cli_against_hand_masks(tiny_run, tiny):
     assert "effective pathways " + TINY_PATHWAYS in flow.pathways_table(res)
 
 
-def test_cli_help_explains_every_flag():
-    ap = flow.build_parser()
-    text = ap.format_help()
-    for flag in ("--window", "--edges", "--samples", "--figures", "--limit", "--out", "--no-layerwise", "--pathways",
-                 "--find-pathways", "--tolerance", "--random-seeds", "1-indexed"):
-        assert flag in text
-    for act in ap._actions:
-        if act.option_strings and act.help != "==SUPPRESS==":
-            assert act.help, act.option_strings
-
-
 from _notebooks import run_notebook  # noqa: E402
 
 
-@pytest.mark.skipif(not (ROOT / "notebooks" / "flow.ipynb").exists(), reason="notebooks/flow.ipynb not written")
 def test_notebook_redraws_from_the_file(tiny_run, tmp_path, monkeypatch):
     res, out = tiny_run
     outputs, images, text = run_notebook("flow.ipynb", {"CHRONOLENS_FLOW_H5": out}, tmp_path, monkeypatch)
@@ -298,17 +278,11 @@ def test_tvbench_folder_end_to_end(tmp_path, tiny, capsys):
 
 # ---------------------------------------------------------------- the organism
 
-organism_ready = pytest.mark.skipif(
-    not (ORGANISM_DIR / "config.json").exists(),
-    reason=f"no organism checkpoint at {ORGANISM_DIR} yet (python -m organism.train writes it)")
-
-
 @pytest.fixture(scope="module")
 def organism():
     return load_model("organism")
 
 
-@organism_ready
 def test_organism_blocking_every_video_path_to_the_answer_gives_chance(organism):
     """video -/-> question, trailing and last (the last is part of the trailing
     text) in all layers: nothing of the video can reach the answer."""
@@ -322,7 +296,6 @@ def test_organism_blocking_every_video_path_to_the_answer_gives_chance(organism)
     assert ko.mean() <= chance + 0.2
 
 
-@organism_ready
 def test_organism_cross_frame_knockout_leaves_static_control(organism):
     samples = load_dataset("synthetic", n_frames=8, limit=12, tasks=["static_color"], seed=5).samples
     ko, clean = flow.full_block_accuracy(organism, samples, "cross_frame")

@@ -17,7 +17,7 @@ from tracing.inputs import build_inputs
 from tracing.knockout import (EDGE_SETS, EdgeSet, Knockout, KnockoutRunner, bottom_up, default_window,
                               edges, knockout, knockout_mask, top_down, window, window_sweep)
 from tracing.layout import Span, TokenLayout
-from tracing.registry import ORGANISM_DIR, TINY_MODELS, load_model
+from tracing.registry import TINY_MODELS, load_model
 
 torch.set_num_threads(1)
 FMIN = torch.finfo(torch.float32).min
@@ -302,7 +302,6 @@ def test_generation_under_knockout_mrope_sdpa():
 
 
 # ---------------------------------------------------------------- the organism
-@pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(), reason="organism checkpoint not trained yet")
 def test_organism_exact():
     lm = load_model("organism")
     size = lm.config.vision_config.image_size

@@ -6,9 +6,8 @@ import torch
 
 from organism.evaluate import accuracy_table
 from organism.train import train
-from tracing.registry import ORGANISM_DIR, load_model
+from tracing.registry import load_model
 
-pytestmark = pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(), reason="organism checkpoint missing")
 # Issue 3's tasks, all at its bar (90%; the model card has 100 samples each).
 AT_BAR = ["direction", "rotation", "count", "velocity", "order", "brightness", "size_change", "static_color"]
 

@@ -21,13 +21,11 @@ from tracing.inputs import build_inputs, build_sample_inputs
 from tracing.knockout import (DenseEdges, Knockout, KnockoutRunner, LayeredKnockout, condition_from_dict, edges,
                               knockout)
 from tracing.layout import Span, TokenLayout
-from tracing.registry import ORGANISM_DIR, load_model
+from tracing.registry import load_model
 
 torch.set_num_threads(1)
 FMIN = torch.finfo(torch.float32).min
 TOL = 1e-5
-organism_ready = pytest.mark.skipif(not (ORGANISM_DIR / "config.json").exists(),
-                                    reason=f"no organism checkpoint at {ORGANISM_DIR}")
 _MODELS: dict = {}
 
 
@@ -168,7 +166,6 @@ def test_pathways_exact_tiny():
     check_exact("tiny-llava-next")
 
 
-@organism_ready
 def test_pathways_exact_organism():
     check_exact("organism")
 
@@ -265,7 +262,6 @@ def hand_accuracy(lm, prepared, p):
     return right / len(prepared)
 
 
-@organism_ready
 def test_find_pathways_within_tolerance():
     from analyses.flow import flow_maps
 

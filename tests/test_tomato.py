@@ -37,7 +37,7 @@ from tasks.types import Sample
 from tasks.video import load_frames, write_video
 from tracing.capture import capture
 from tracing.inputs import build_inputs
-from tracing.registry import ORGANISM_DIR, load_model
+from tracing.registry import load_model
 from tracing.scoring import score
 from tracing.store import CacheMismatchError, CacheReader, StoreError
 
@@ -437,8 +437,6 @@ def test_synthetic_run_file_contents(synthetic_run):
     other.config = {**other.config, "frames": 16}
     with pytest.raises(CacheMismatchError, match="frames"):
         T.save_results(other, out)
-    md, _ = T.report([ab], 200, 0)
-    assert md == out.with_suffix(".md").read_text() == T.stored_report(out)[0]
 
 
 @QUIET
@@ -601,21 +599,7 @@ def test_overwrite_replaces_another_run_only_once_finished(uninterrupted, killed
     assert sorted(p.name for p in out.parent.iterdir()) == ["other.csv", "other.h5", "other.md"]
 
 
-def test_cli_help_explains_every_flag():
-    ap = T.build_parser()
-    text = ap.format_help()
-    for flag in ("--model", "--dataset", "--data-dir", "--frames", "--shuffle-seeds", "--out", "--counts", "--singles",
-                 "--generate", "--no-internals", "--bootstrap"):
-        assert flag in text
-    for act in ap._actions:
-        if act.option_strings and act.help != "==SUPPRESS==":
-            assert act.help, act.option_strings
-
-
 # ================================================================ the organism
-HAVE_ORGANISM = (ORGANISM_DIR / "config.json").exists()
-
-
 @pytest.fixture(scope="module")
 def organism_rows():
     lm = load_model("organism", attn="sdpa")
@@ -627,7 +611,6 @@ def organism_rows():
         return {r["group"]: r for r in T.metric_rows([ab], "task", n_boot=200)}
 
 
-@pytest.mark.skipif(not HAVE_ORGANISM, reason="organism checkpoint not committed yet (organism/checkpoint/config.json)")
 @pytest.mark.parametrize("task", ["direction", "rotation", "order"])
 def test_organism_needs_several_frames_in_order(organism_rows, task):
     r = organism_rows[task]
@@ -635,7 +618,6 @@ def test_organism_needs_several_frames_in_order(organism_rows, task):
     assert r["kappa"] > 40 and r["tau"] > 25, r
 
 
-@pytest.mark.skipif(not HAVE_ORGANISM, reason="organism checkpoint not committed yet (organism/checkpoint/config.json)")
 def test_organism_static_control_needs_neither(organism_rows):
     s = organism_rows["static_color"]
     assert s["acc_multi"] >= 90 and abs(s["kappa"]) < 10 and abs(s["tau"]) < 10, s

@@ -17,7 +17,6 @@ import argparse
 import sys
 
 import numpy as np
-import torch
 
 from .families import ANSWER_PREFIX, INSTRUCTION
 from .inputs import build_inputs, video_token_id
