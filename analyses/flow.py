@@ -12,20 +12,29 @@ random-edge control.
     python -m analyses.flow --pathways CF=1-2,VQ=1-3,QL=1-3 --random-seeds 3
     python -m analyses.flow --find-pathways --tolerance 2
 
-Results go to an HDF5 results file (tracing/store.py ResultsFile), rows aligned
-with its /samples (NaN where a sample was left out, e.g. answered wrongly):
+The run engine (analyses/run.py) writes one unit per sample into the HDF5
+file; ``load_results`` computes the maps from them (``reduce``), so figures
+and tables can be redrawn, and runs merged, without the model. Per sample
+(K options at most, E edge types, L layers):
 
-    /results/flow/<edge>          [N, L] % change of the ground truth's probability
-    /results/flow_answer/<edge>   [N, L] % change of the model's answer's probability
-    /results/flow_correct/<edge>  [N, L] 1 if the knocked-out model answers correctly
-    /results/flow_acc/<edge>      [L]    accuracy after knockout over the kept samples
-    /results/baseline             [N, K] clean option probabilities (NaN padded)
-    /results/kept                 [N]    1 if the sample entered the flow maps
-    /results/accuracy             []     clean accuracy over all samples
-    /results/layerwise/{true,false}{,_norm}  [N, L] option probability per layer
+    /acts/probs       [N, K]        clean option probabilities (NaN past a sample's options)
+    /acts/pred        [N, 1]        the option the model answers
+    /acts/kept        [N, 1]        1 if the sample entered the flow maps
+    /acts/knockout    [N, E, L, K]  option probabilities with edge type e cut in the
+                                    window around layer l (NaN when not kept)
+    /acts/layerwise   [N, 4, L]     true, false, true_norm, false_norm option
+                                    probability per layer (unless --no-layerwise)
+    /acts/topk_ids@<readout>, /acts/topk_probs@<readout>, /results/lens/...
+                                    the logit lens on the video tokens (--lens;
+                                    see analyses/lens.py)
+
+``load_results`` -> flow / flow_answer {edge: [N, L]} % change of the ground
+truth's / the model's answer's probability, flow_correct, flow_acc (accuracy
+after knockout over the kept samples), baseline, kept, accuracy, layerwise.
 
 With --pathways or --find-pathways (all samples, whatever --samples says; R =
---random-seeds), each with the pathway configuration in its attributes:
+--random-seeds), a later stage stores, with the request in its attributes
+(not part of the file's identity, so a file of flow maps can be extended):
 
     /results/pathways/probs           [N, K] option probabilities under the pathways
     /results/pathways/correct         [N]    1 if answered correctly under them
@@ -40,22 +49,17 @@ With --pathways or --find-pathways (all samples, whatever --samples says; R =
     /results/pathways/summary         [5]    accuracy full, pathways, random mean,
                                              random sd over seeds, mean share kept
 
-An existing --out is never replaced silently: one written with another
-configuration is refused (the error names the differing keys) unless
---overwrite, which writes the new file beside it and swaps it in at the end; one
-of this configuration is resumed (flow maps already complete are not
-recomputed; pathways of another request need --overwrite, which keeps the flow
-maps). The pathway options are not part of the file's configuration.
+A rerun of the same configuration resumes per sample; another configuration
+is refused (the error names the differing settings) unless --overwrite, which
+writes beside the file and swaps the new one in when it completes. Pathways of
+another request are refused unless --overwrite, which keeps the flow maps.
 
 Figures (PNG + PDF) are drawn from the file; notebooks/flow.ipynb redraws them.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -79,66 +83,127 @@ def rel_change(p_ko, p_base):
 
 # ---------------------------------------------------------------- the core
 
-def flow_maps(lm, samples, edge_names=DEFAULT_EDGES, k: int | None = None, samples_mode: str = "correct",
-              progress: bool = True, layerwise: bool = True) -> dict:
-    """Knockout sweeps over every sample.
+LAYERWISE = ("true", "false", "true_norm", "false_norm")
 
-    For each sample: the clean option probabilities; with samples_mode
-    'correct' only correctly answered samples enter the maps ('all': every
-    sample). For each edge type and window centre l, the edge set is cut in
-    window(l, k, L); all conditions of a sample run in one KnockoutRunner.run.
 
-    -> dict with (N samples, L layers, K max options):
-      baseline [N, K], pred [N], label [N], kept [N] bool, n_options [N],
-      flow / flow_answer / flow_correct: {edge: [N, L]} (NaN where not kept),
-      flow_acc: {edge: [L]}, accuracy (clean, all samples), k, edges,
-      layerwise (if asked): {'true', 'false', 'true_norm', 'false_norm': [N, L]}.
+def sample_arrays(lm, inputs, layout, edge_names, k: int, samples_mode: str, layerwise: bool, n_options: int,
+                  lens=None) -> dict[str, np.ndarray]:
+    """One sample's knockout sweep as the arrays the engine stores (K = n_options,
+    the largest option count of the run; E edge types; L layers):
+
+      probs      float32 [K]        clean option probabilities (NaN past its options)
+      pred       int [1]            the option the model answers
+      kept       int8 [1]           1 if the sample enters the flow maps
+      knockout   float32 [E, L, K]  option probabilities with edge type e cut in
+                                    window(l, k, L); NaN when not kept
+      layerwise  float32 [4, L]     LAYERWISE probabilities per layer (if asked)
+      topk_ids@<readout>, topk_probs@<readout>   the logit lens (if ``lens``)
     """
     import torch
-    from tqdm import tqdm
 
+    from tracing.knockout import KnockoutRunner, edges, window
+
+    L, E = lm.n_layers, len(edge_names)
+    runner = KnockoutRunner(lm, inputs, layout)
+    p0 = runner.clean().float().cpu().numpy()
+    probs = np.full(n_options, np.nan, np.float32)
+    probs[: len(p0)] = p0
+    pred = int(np.argmax(p0))
+    out = {"probs": probs, "pred": np.array([pred])}
+    if layerwise:
+        lw = layerwise_probs(lm, inputs, layout, runner=runner)
+        out["layerwise"] = np.stack([lw[n] for n in LAYERWISE]).astype(np.float32)
+    kept = samples_mode == "all" or pred == layout.answer
+    ko = np.full((E, L, n_options), np.nan, np.float32)
+    if kept:
+        conds = [(edges(e, layout), window(c, k, L)) for e in edge_names for c in range(L)]
+        with torch.no_grad():
+            ko[..., : len(p0)] = runner.run(conds).float().cpu().numpy().reshape(E, L, -1)
+    out["kept"], out["knockout"] = np.array([kept], np.int8), ko
+    if lens is not None:
+        out.update(lens.arrays(inputs, layout)[0])
+    return out
+
+
+def declare(lm, samples, edge_names=DEFAULT_EDGES, k: int | None = None, samples_mode: str = "correct",
+            layerwise: bool = True, lens=None, config: dict | None = None):
+    """Map the Flow on every sample as a run-engine declaration (one unit per
+    sample, ``sample_arrays``). lens: an ``analyses.lens.LensUnits`` to store the
+    logit lens of the same forward passes."""
+    from analyses.run import Declaration, SkipUnit
     from tracing.inputs import build_sample_inputs
-    from tracing.knockout import KnockoutRunner, default_window, edges, window
+    from tracing.knockout import default_window
+    from tracing.store import SampleMeta
 
     if samples_mode not in ("correct", "all"):
         raise ValueError(f"samples_mode={samples_mode!r}: expected 'correct' or 'all'")
     L = lm.n_layers
     k = default_window(L) if k is None else int(k)
-    N, K = len(samples), max(len(s.options) for s in samples)
-    base = np.full((N, K), np.nan)
-    pred, label = np.zeros(N, int), np.array([int(s.answer) for s in samples])
-    kept = np.zeros(N, bool)
-    nopt = np.array([len(s.options) for s in samples])
-    flow = {e: np.full((N, L), np.nan) for e in edge_names}
-    flow_ans = {e: np.full((N, L), np.nan) for e in edge_names}
-    correct = {e: np.full((N, L), np.nan) for e in edge_names}
-    lw = {n: np.full((N, L), np.nan) for n in ("true", "false", "true_norm", "false_norm")} if layerwise else None
-    for i, s in enumerate(tqdm(samples, desc="flow maps", unit="sample", disable=not progress)):
-        inputs, layout = build_sample_inputs(lm, s)
-        runner = KnockoutRunner(lm, inputs, layout)
-        p0 = runner.clean().float().cpu().numpy()
-        base[i, : len(p0)] = p0
-        pred[i] = int(np.argmax(p0))
-        if layerwise:
-            for name, arr in layerwise_probs(lm, inputs, layout, runner=runner).items():
-                lw[name][i] = arr
-        if samples_mode == "correct" and pred[i] != label[i]:
-            continue
-        kept[i] = True
-        conds = [(edges(e, layout), window(c, k, L)) for e in edge_names for c in range(L)]
-        with torch.no_grad():
-            p = runner.run(conds).float().cpu().numpy().reshape(len(edge_names), L, -1)
-        for j, e in enumerate(edge_names):
-            flow[e][i] = rel_change(p[j, :, label[i]], p0[label[i]])
-            flow_ans[e][i] = rel_change(p[j, :, pred[i]], p0[pred[i]])
-            correct[e][i] = (p[j].argmax(-1) == label[i]).astype(float)
-    acc = {e: np.nanmean(correct[e], 0) if kept.any() else np.full(L, np.nan) for e in edge_names}
-    out = {"baseline": base, "pred": pred, "label": label, "kept": kept, "n_options": nopt,
-           "flow": flow, "flow_answer": flow_ans, "flow_correct": correct, "flow_acc": acc,
-           "accuracy": float((pred == label).mean()), "k": k, "edges": list(edge_names)}
+    K, E = max(len(s.options) for s in samples), len(edge_names)
+    shapes = {"probs": ((K,), "float32"), "pred": ((1,), "int64"), "kept": ((1,), "int8"),
+              "knockout": ((E, L, K), "float32")}
     if layerwise:
-        out["layerwise"] = lw
+        shapes["layerwise"] = ((len(LAYERWISE), L), "float32")
+    if lens is not None:
+        shapes.update(lens.shapes)
+
+    def compute(i):
+        try:
+            inputs, layout = build_sample_inputs(lm, samples[i])
+        except ValueError as e:
+            raise SkipUnit(str(e)) from None
+        return sample_arrays(lm, inputs, layout, edge_names, k, samples_mode, layerwise, K, lens), \
+            layout.to_dict(), {}
+
+    units = [SampleMeta(s.id, s.task, int(s.answer), -1, {"question": s.question, "options": list(s.options)})
+             for s in samples]
+    cfg = {"edge_list": list(edge_names), "k": k, "samples": samples_mode, "layerwise": bool(layerwise),
+           **({} if lens is None else {"lens": lens.config}), **(config or {})}
+    return Declaration("flow", cfg, units, compute, shapes=shapes, static=None if lens is None else lens.static,
+                       describe="flow maps")
+
+
+def reduce(arrays: dict[str, np.ndarray], label: np.ndarray, edge_names, k: int) -> dict:
+    """The flow results from the per-sample arrays (``sample_arrays``, stacked
+    over N samples) -> dict with (L layers, K options):
+      baseline [N, K], pred [N], label [N], kept [N] bool, n_options [N],
+      flow / flow_answer: {edge: [N, L]} % change of the ground truth's / the
+      answer's probability (NaN where not kept), flow_correct {edge: [N, L]}
+      (1 if the knocked-out model answers right), flow_acc {edge: [L]} (mean
+      over the kept samples), accuracy (clean, all samples), k, edges,
+      layerwise {'true', 'false', 'true_norm', 'false_norm': [N, L]} if stored."""
+    base = arrays["probs"].astype(float)
+    N = len(base)
+    pred, kept = arrays["pred"][:, 0].astype(int), arrays["kept"][:, 0].astype(bool)
+    rows = np.arange(N)
+    out = {"baseline": base, "pred": pred, "label": label, "kept": kept, "n_options": np.isfinite(base).sum(1),
+           "flow": {}, "flow_answer": {}, "flow_correct": {}, "flow_acc": {},
+           "accuracy": float((pred == label).mean()), "k": k, "edges": list(edge_names)}
+    for j, e in enumerate(edge_names):
+        p = arrays["knockout"][:, j].astype(float)  # [N, L, K]
+        out["flow"][e] = rel_change(p[rows, :, label], base[rows, label][:, None])
+        out["flow_answer"][e] = rel_change(p[rows, :, pred], base[rows, pred][:, None])
+        correct = (np.nan_to_num(p, nan=-1.0).argmax(-1) == label[:, None]).astype(float)
+        correct[~kept] = np.nan
+        out["flow_correct"][e] = correct
+        out["flow_acc"][e] = np.nanmean(correct, 0) if kept.any() else np.full(p.shape[1], np.nan)
+    if "layerwise" in arrays:
+        out["layerwise"] = {n: arrays["layerwise"][:, i].astype(float) for i, n in enumerate(LAYERWISE)}
     return out
+
+
+def flow_maps(lm, samples, edge_names=DEFAULT_EDGES, k: int | None = None, samples_mode: str = "correct",
+              progress: bool = True, layerwise: bool = True) -> dict:
+    """The flow results of ``samples`` in memory, without a file (``run`` writes
+    one): every sample's ``sample_arrays`` -> ``reduce``. With samples_mode
+    'correct' only correctly answered samples enter the maps ('all': every one)."""
+    from tqdm import tqdm
+
+    decl = declare(lm, samples, edge_names, k, samples_mode, layerwise)
+    per = [decl.compute(i)[0] for i in tqdm(range(len(samples)), desc="flow maps", unit="sample",
+                                             disable=not progress)]
+    arrays = {n: np.stack([x[n] for x in per]) for n in per[0]}
+    return reduce(arrays, np.array([int(s.answer) for s in samples]), edge_names, decl.config["k"])
 
 
 def layerwise_probs(lm, inputs, layout, runner=None) -> dict[str, np.ndarray]:
@@ -185,74 +250,41 @@ def full_block_accuracy(lm, samples, edge_name: str, progress: bool = False) -> 
 
 # ---------------------------------------------------------------- results file
 
-def sample_metas(samples, pred):
-    from tracing.store import SampleMeta
-
-    return [SampleMeta(s.id, s.task, int(s.answer), int(p), {"question": s.question, "options": list(s.options)})
-            for s, p in zip(samples, pred)]
-
-
-def write_results(rf, res: dict, tasks: list[str]) -> None:
-    attrs = {"edges": res["edges"], "k": res["k"], "tasks": tasks}
-    for e in res["edges"]:
-        a = {**attrs, "edge": e, "label": EDGE_LABELS.get(e, e)}
-        rf.write_result(f"flow/{key(e)}", res["flow"][e], {**a, "metric": "% change, ground truth"}, overwrite=True)
-        rf.write_result(f"flow_answer/{key(e)}", res["flow_answer"][e],
-                        {**a, "metric": "% change, model's answer"}, overwrite=True)
-        rf.write_result(f"flow_correct/{key(e)}", res["flow_correct"][e], a, overwrite=True)
-        rf.write_result(f"flow_acc/{key(e)}", res["flow_acc"][e], a, overwrite=True)
-    rf.write_result("baseline", res["baseline"], attrs, overwrite=True)
-    rf.write_result("pred", res["pred"], attrs, overwrite=True)
-    rf.write_result("kept", res["kept"].astype(np.int8), attrs, overwrite=True)
-    rf.write_result("n_options", res["n_options"], attrs, overwrite=True)
-    rf.write_result("accuracy", np.array(res["accuracy"]), attrs, overwrite=True)
-    for name, arr in (res.get("layerwise") or {}).items():
-        rf.write_result(f"layerwise/{name}", arr, attrs, overwrite=True)
-
-
 def load_results(path) -> dict:
-    """The flow results in the file at path -> dict as flow_maps returns
-    (edges in run order), plus 'task' [N], 'model' and 'config'."""
+    """The flow results of the file at path -> ``reduce``'s dict (edges in run
+    order), plus 'task' [N], 'tasks', 'model', 'config' and, when stored, the
+    pathway results ('pathways', with their request in 'attrs')."""
+    from analyses.run import stored
     from tracing.store import CacheReader
 
     r = CacheReader(path)
+    if "knockout" not in r.hooks:
+        raise KeyError(f"{path}: no flow results (it holds {r.hooks}); run python -m analyses.flow first")
+    cfg = r.config
+    fills = {"probs": np.nan, "knockout": np.nan, "layerwise": np.nan, "pred": -1, "kept": 0}
+    arrays = {n: stored(path, n, fill) for n, fill in fills.items() if n in r.hooks}
+    out = reduce(arrays, np.array(r.samples["label"]), cfg["edge_list"], cfg["k"])
+    task = np.array(r.samples["task"]).astype(str)
+    out.update(task=task, tasks=list(dict.fromkeys(task.tolist())), config=cfg, model=r.attrs.get("model"))
     names = r.results()
-    if "baseline" not in names:
-        raise KeyError(f"{path}: no flow results (it holds {names}); run python -m analyses.flow first")
-    base, attrs = r.result("baseline")
-    out = {"baseline": base, "edges": list(attrs["edges"]), "k": attrs["k"], "tasks": list(attrs["tasks"]),
-           "config": r.config, "model": r.attrs.get("model"), "task": np.array(r.samples["task"]).astype(str),
-           "label": np.array(r.samples["label"])}
-    for n in ("pred", "kept", "n_options", "accuracy"):
-        out[n] = r.result(n)[0]
-    out["kept"] = out["kept"].astype(bool)
-    out["accuracy"] = float(out["accuracy"])
-    for group in ("flow", "flow_answer", "flow_correct", "flow_acc"):
-        out[group] = {e: r.result(f"{group}/{key(e)}")[0] for e in out["edges"]}
-    lw = [n for n in names if n.startswith("layerwise/")]
-    if lw:
-        out["layerwise"] = {n.split("/", 1)[1]: r.result(n)[0] for n in lw}
-    if "pathways/summary" in names:  # written last: the pathway results are complete
-        pw = {n.split("/", 1)[1]: r.result(n)[0] for n in names if n.startswith("pathways/")}
+    if "pathways/request" in names:  # written last: the pathway results are complete
+        pw = {n.split("/", 1)[1]: r.result(n)[0] for n in names if n.startswith("pathways/") and n != "pathways/request"}
         pw["attrs"] = r.result("pathways/summary")[1]
         out["pathways"] = pw
     return out
 
 
-FLOW_GROUPS = ("flow", "flow_answer", "flow_correct", "flow_acc")
-BASE_RESULTS = ("baseline", "pred", "kept", "n_options", "accuracy")
-LAYERWISE = ("true", "false", "true_norm", "false_norm")
+def run(lm, samples, out, edge_names=DEFAULT_EDGES, k: int | None = None, samples_mode: str = "correct",
+        layerwise: bool = True, lens=None, dataset: str = "synthetic", config: dict | None = None,
+        overwrite: bool = False, progress: bool = True) -> dict:
+    """Map the Flow on every sample into the HDF5 file ``out`` on the run engine
+    (resumable per sample; another configuration refused unless ``overwrite``)
+    -> load_results(out)."""
+    from analyses import run as engine
 
-
-def flow_complete(path, edge_names, layerwise: bool) -> bool:
-    """Whether the file holds every flow result of these edges."""
-    from tracing.store import CacheReader
-
-    have = set(CacheReader(path).results())
-    want = {f"{g}/{key(e)}" for g in FLOW_GROUPS for e in edge_names} | set(BASE_RESULTS)
-    if layerwise:
-        want |= {f"layerwise/{n}" for n in LAYERWISE}
-    return want <= have
+    decl = declare(lm, samples, edge_names, k, samples_mode, layerwise, lens, config)
+    done = engine.run(decl, out, lm.name, lm.fingerprint, dataset, overwrite=overwrite, progress=progress)
+    return load_results(done.path)
 
 
 # ---------------------------------------------------------------- figures and table
@@ -500,9 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-# Arguments of the pathways and lens steps: recorded with their results, not in
-# the file's configuration, so that a file of flow maps can be extended with them.
-PATHWAY_ARGS = ("pathways", "find_pathways", "tolerance", "pathway_threshold", "random_seeds", "lens", "lens_words")
+# Arguments of the pathways step: recorded with its results, not in the file's
+# configuration, so that a file of flow maps can be extended with pathways.
+PATHWAY_ARGS = ("pathways", "find_pathways", "tolerance", "pathway_threshold", "random_seeds")
 
 
 def pathway_request(a, given=None) -> dict | None:
@@ -518,125 +550,9 @@ def pathway_request(a, given=None) -> dict | None:
     return req
 
 
-def _flat(d, prefix="config"):
-    if not isinstance(d, dict) or not d:
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}"))
-    return out
-
-
-def _dict_differences(old: dict, new: dict, prefix: str) -> list[str]:
-    fo, fn = _flat(old, prefix), _flat(new, prefix)
-    return [f"{k}: {fo.get(k, '<absent>')!r} (in file) vs {fn.get(k, '<absent>')!r} (this run)"
-            for k in sorted(set(fo) | set(fn)) if fo.get(k, "<absent>") != fn.get(k, "<absent>")]
-
-
-def file_differences(path, lm, dataset: str, config: dict, samples) -> list[str]:
-    """How the results file at path differs from this run (model, fingerprint,
-    dataset, configuration, sample list); [] if it is this run's file. Reads only."""
-    from tracing.store import CacheReader, StoreError
-
-    try:
-        r = CacheReader(path)
-    except (StoreError, OSError, KeyError) as e:
-        return [f"not a chronolens results file ({e})"]
-    diff = []
-    for k, mine in (("kind", "results"), ("model", lm.name), ("model_fingerprint", lm.fingerprint),
-                    ("dataset", dataset)):
-        if str(r.attrs.get(k)) != str(mine):
-            diff.append(f"{k}: {r.attrs.get(k)!r} (in file) vs {mine!r} (this run)")
-    diff += _dict_differences(r.config, json.loads(json.dumps(config, default=str)), "config")
-    s = r.samples
-    theirs = list(zip(s["id"].tolist(), s["task"].tolist(), [int(x) for x in s["label"]]))
-    mine = [(x.id, x.task, int(x.answer)) for x in samples]
-    if theirs != mine:
-        if len(theirs) != len(mine):
-            diff.append(f"samples: {len(theirs)} (in file) vs {len(mine)} (this run)")
-        else:
-            i = next(i for i in range(len(mine)) if theirs[i] != mine[i])
-            diff.append(f"samples[{i}] (id, task, label): {theirs[i]} (in file) vs {mine[i]} (this run)")
-    return diff
-
-
-def stored_request(path) -> dict | None:
-    """The pathway request of complete pathway results in the file, or None."""
-    from tracing.store import CacheReader
-
-    r = CacheReader(path)
-    if "pathways/summary" not in r.results():
-        return None
-    return r.result("pathways/summary")[1].get("request")
-
-
-def _refuse(out, diffs: list[str], what: str):
-    raise SystemExit(f"error: {out} holds {what} of a different configuration; refusing to replace it:\n  "
-                     + "\n  ".join(diffs)
-                     + f"\nChoose another --out, or pass --overwrite to replace {'it' if what == 'results' else what}.")
-
-
-class _Target:
-    """Where this run writes, and what is already done there.
-
-    path: the file written (``out``, or ``<out>.new`` beside it when an
-    existing file is being replaced: moved over ``out`` by ``finish`` with one
-    atomic os.replace, removed by ``abandon``; a killed run leaves ``out`` as it was)."""
-
-    def __init__(self, out: Path, path: Path, flow_done: bool, pathways_done: bool):
-        self.out, self.path, self.flow_done, self.pathways_done = out, path, flow_done, pathways_done
-
-    @property
-    def swap(self) -> bool:
-        return self.path != self.out
-
-    def finish(self):
-        if self.swap and self.path.exists():
-            os.replace(self.path, self.out)
-
-    def abandon(self):
-        if self.swap:
-            self.path.unlink(missing_ok=True)
-            self.path.with_name(self.path.name + ".partial").unlink(missing_ok=True)
-
-
-def plan_output(out: Path, lm, dataset: str, config: dict, samples, edge_names, layerwise: bool,
-                request: dict | None, overwrite: bool) -> _Target:
-    """Decide, before any compute, what to do with an existing --out (see the
-    module docstring); SystemExit naming the file and the differing keys when
-    it is refused."""
-    out = Path(out)
-    if not out.exists():
-        return _Target(out, out, False, False)
-    tmp = out.with_name(out.name + ".new")
-    diffs = file_differences(out, lm, dataset, config, samples)
-    if diffs:
-        if not overwrite:
-            _refuse(out, diffs, "results")
-        _Target(out, tmp, False, False).abandon()  # what a killed --overwrite run left: ours to remove
-        return _Target(out, tmp, False, False)
-    flow_done = flow_complete(out, edge_names, layerwise)
-    old = stored_request(out)
-    if request is None or old is None:
-        return _Target(out, out, flow_done, False)
-    if old == json.loads(json.dumps(request)):
-        return _Target(out, out, flow_done, True)
-    if not overwrite:
-        _refuse(out, _dict_differences(old, request, "pathways"), "the pathway results")
-    # Keep the flow maps, drop the old pathways, all in a copy swapped in at the end.
-    import h5py
-
-    _Target(out, tmp, False, False).abandon()
-    shutil.copyfile(out, tmp)
-    with h5py.File(tmp, "r+") as f:
-        if "results/pathways" in f:
-            del f["results/pathways"]
-    return _Target(out, tmp, flow_done, False)
-
-
-def write_pathways(rf, ev: dict, request: dict, n_layers: int, found: dict | None = None) -> None:
-    """Store ``analyses.pathways.evaluate``'s output (and the search) under
-    /results/pathways/; the summary last, so that its presence means complete."""
+def pathway_results(ev: dict, request: dict, n_layers: int, found: dict | None = None) -> dict:
+    """``analyses.pathways.evaluate``'s output (and the search) -> {name: (array,
+    attrs)} for /results/pathways/ (the engine's ``later_stage`` writes them)."""
     from analyses.pathways import TRACE_COLUMNS, parse_pathways, trace_array
 
     p = parse_pathways(ev["pathways"])
@@ -645,50 +561,47 @@ def write_pathways(rf, ev: dict, request: dict, n_layers: int, found: dict | Non
              "tolerance": request.get("tolerance"), "threshold": request.get("threshold")}
     if found is not None:
         attrs["within_tolerance"] = bool(found["within_tolerance"])
+    out = {}
     for name in ("probs", "correct", "clean_correct", "blocked", "edge_share", "random_correct", "random_blocked"):
         arr = ev[name]
-        rf.write_result(f"pathways/{name}", arr.astype(np.int8) if arr.dtype == bool else arr, attrs, overwrite=True)
+        out[name] = (arr.astype(np.int8) if arr.dtype == bool else arr, attrs)
     if found is not None:
-        rf.write_result("pathways/search", trace_array(found["trace"]),
-                        {**attrs, "steps": [t["step"] for t in found["trace"]],
-                         "columns": TRACE_COLUMNS}, overwrite=True)
+        out["search"] = (trace_array(found["trace"]),
+                         {**attrs, "steps": [t["step"] for t in found["trace"]], "columns": TRACE_COLUMNS})
     acc = ev["accuracy"]
     r = np.asarray(acc["random"], dtype=float)
     summary = np.array([acc["full"], acc["pathways"], r.mean() if r.size else np.nan,
                         r.std() if r.size else np.nan, float(ev["edge_share"].mean())])
-    rf.write_result("pathways/summary", summary,
-                    {**attrs, "columns": ["accuracy full", "accuracy pathways", "accuracy random (mean)",
-                                          "accuracy random (sd)", "edge share kept"]}, overwrite=True)
+    out["summary"] = (summary, {**attrs, "columns": ["accuracy full", "accuracy pathways", "accuracy random (mean)",
+                                                     "accuracy random (sd)", "edge share kept"]})
+    return out
 
 
 def main(argv=None) -> dict:
-    import torch
-
-    from analyses.cli import PRESENTATION, default_out, figures_dir, load_data, load_from_args, run_config
+    from analyses import run as engine
+    from analyses.cli import check_flags, figures_dir, load_data, load_from_args, preflight, run_config
     from analyses.pathways import STAGE_EDGES, STAGES, SampleSet, evaluate, find_pathways, parse_pathways
-    from tracing.store import CacheMismatchError, ResultsFile
+    from analyses.run import UsageError
 
     ap = build_parser()
     a = ap.parse_args(argv)
-    edge_names = parse_edges(a.edges)
-    from analyses.cli import check_flags
-
     check_flags(a)
+    edge_names = parse_edges(a.edges)
     if a.window is not None and a.window < 1:
-        ap.error(f"--window {a.window}: must be >= 1")
+        raise UsageError(f"--window {a.window}: must be >= 1")
     if a.pathways and a.find_pathways:
-        ap.error("--pathways and --find-pathways: give one (the first evaluates given ranges, the second finds them)")
+        raise UsageError("--pathways and --find-pathways: give one (the first evaluates given ranges, the second "
+                         "finds them)")
     if a.tolerance < 0 or a.random_seeds < 0:
-        ap.error("--tolerance and --random-seeds must be >= 0")
+        raise UsageError("--tolerance and --random-seeds must be >= 0")
     if a.find_pathways:
         missing = [STAGE_EDGES[s] for s in STAGES if STAGE_EDGES[s] not in edge_names]
         if missing:
-            ap.error(f"--find-pathways reads the flow maps of {', '.join(STAGE_EDGES.values())}; "
-                     f"add {', '.join(missing)} to --edges")
-    out = Path(default_out("flow", a))
+            raise UsageError(f"--find-pathways reads the flow maps of {', '.join(STAGE_EDGES.values())}; "
+                             f"add {', '.join(missing)} to --edges")
+    out = preflight("flow", a)
     figures = figures_dir(a, out)
-    data = load_data(a)
-    samples = data.samples
+    samples = load_data(a).samples
     lm = load_from_args(a)
     from tracing.inputs import build_sample_inputs
     from tracing.knockout import EDGE_SETS, default_window, edges
@@ -698,70 +611,54 @@ def main(argv=None) -> dict:
         try:
             edges(e, lay)
         except ValueError as err:
-            ap.error(f"--edges: {err} (named sets: {', '.join(EDGE_SETS)})")
+            raise UsageError(f"--edges: {err} (named sets: {', '.join(EDGE_SETS)})") from None
     given = None
     if a.pathways:
         try:
             given = parse_pathways(a.pathways, lm.n_layers)
         except ValueError as err:
-            ap.error(f"--pathways: {err}")
+            raise UsageError(f"--pathways: {err}") from None
     if a.window is not None and a.window > lm.n_layers:
-        ap.error(f"--window {a.window}: the model has {lm.n_layers} layers")
+        raise UsageError(f"--window {a.window}: the model has {lm.n_layers} layers")
     k = default_window(lm.n_layers) if a.window is None else a.window
-    config = {kk: v for kk, v in run_config(a, edge_list=edge_names, k=k).items()
-              if kk not in PRESENTATION + PATHWAY_ARGS}
-    request = pathway_request(a, given)
-    target = plan_output(out, lm, a.dataset, config, samples, edge_names, not a.no_layerwise, request, a.overwrite)
-    tasks = list(dict.fromkeys(s.task for s in samples))
+    lens = None
+    if a.lens:
+        from analyses import lens as lens_mod
+
+        lens = lens_mod.LensUnits(lm, [build_sample_inputs(lm, s)[1] for s in samples],
+                                  lens_mod.parse_words(a.lens_words, a.dataset), warn=False)
+    # what the declaration records itself, and what is not a result's setting, is left out
+    config = {kk: v for kk, v in run_config(a).items()
+              if kk not in PATHWAY_ARGS + ("edges", "window", "samples", "no_layerwise", "lens", "lens_words")}
     progress = not a.no_progress
-    try:
-        torch.manual_seed(a.seed)
-        if target.flow_done:
-            res = load_results(target.path)
-            print(f"{out}: flow maps complete, not recomputed", file=sys.stderr)
-        else:
-            res = flow_maps(lm, samples, edge_names, k, a.samples, progress=progress, layerwise=not a.no_layerwise)
-        try:
-            rf = ResultsFile.open(target.path, lm.name, lm.fingerprint, a.dataset, config,
-                                  sample_metas(samples, res["pred"]))
-        except CacheMismatchError as err:
-            raise SystemExit(f"error: {err}\nor pass --overwrite to replace it") from None
-        if not target.flow_done:
-            write_results(rf, res, tasks)
-        if request is not None and not target.pathways_done:
+    import torch
+
+    torch.manual_seed(a.seed)
+    res = run(lm, samples, out, edge_names, k, a.samples, not a.no_layerwise, lens, a.dataset, config,
+              overwrite=a.overwrite, progress=progress)
+    request = pathway_request(a, given)
+    if request is not None:
+        def compute():
             ss = SampleSet(lm, samples, progress=progress)
             found = None
             if a.find_pathways:
                 kept = np.asarray(res["kept"], bool)
-                curves = {s: (np.nanmean(np.asarray(res["flow"][e])[kept], 0) if kept.any() else np.zeros(lm.n_layers))
-                          for s, e in STAGE_EDGES.items() if e in res["flow"]}
+                curves = {s: (np.nanmean(np.asarray(res["flow"][e])[kept], 0) if kept.any()
+                              else np.zeros(lm.n_layers)) for s, e in STAGE_EDGES.items() if e in res["flow"]}
                 found = find_pathways(ss, curves, a.tolerance, a.pathway_threshold,
                                       log=lambda m: print(m, file=sys.stderr))
                 chosen = found["pathways"]
             else:
                 chosen = given
             ev = evaluate(ss, chosen, seeds=range(a.random_seeds), seed_base=a.seed)
-            write_pathways(rf, ev, request, lm.n_layers, found)
-        elif request is not None:
-            print(f"{out}: pathway results of this request complete, not recomputed", file=sys.stderr)
-        if a.lens:
-            from analyses import lens as lens_mod
+            return pathway_results(ev, request, lm.n_layers, found)
 
-            if "lens/bins" in rf.reader().results():
-                print(f"{out}: logit lens complete, not recomputed (--overwrite to redo it)", file=sys.stderr)
-            else:
-                lres = lens_mod.lens_analysis(lm, samples, lens_mod.parse_words(a.lens_words, a.dataset),
-                                              progress=progress)
-                lens_mod.write_results(rf, lres, prefix="lens")
-    except BaseException:
-        target.abandon()  # an --overwrite run that fails leaves the old file as it was
-        raise
-    target.finish()
-    back = load_results(out)
-    paths = save_figures(back, figures)
-    print(table(back))
-    if "pathways" in back:
-        print(pathways_table(back))
+        engine.later_stage(out, "pathways", request, compute, overwrite=a.overwrite)
+        res = load_results(out)
+    paths = save_figures(res, figures)
+    print(table(res))
+    if "pathways" in res:
+        print(pathways_table(res))
     if a.lens:
         from analyses import lens as lens_mod
 
@@ -769,8 +666,10 @@ def main(argv=None) -> dict:
         paths += lens_mod.save_figures(lres, figures, prefix="lens")
         print(lens_mod.table(lres))
     print(f"wrote {out}, {', '.join(paths)}", file=sys.stderr)
-    return back
+    return res
 
 
 if __name__ == "__main__":
-    main()
+    from analyses.run import cli_boundary
+
+    raise SystemExit(cli_boundary(main)())

@@ -350,25 +350,6 @@ def top_tokens(top1: np.ndarray, n: int = 3, axis_keep: tuple[int, ...] = (1,)) 
 
 # ---------------------------------------------------------------- results file
 
-def lens_analysis(lm, samples, word_lists: dict[str, list[str]] | None = None, k: int = 5,
-                  readouts=READOUTS, pool: str = "token", bin_width: int | None = None, progress: bool = True,
-                  warn: bool = True) -> dict:
-    """The whole analysis in one call: video_lens, the word lists resolved in
-    the model's vocabulary (default: the 'synthetic' preset), their counts.
-
-    -> video_lens' dict plus 'words' {list: {word: [ids]}} (kept words),
-    'dropped' {list: [words]}, 'vocab' [V] token strings, 'bin_width',
-    'word' {readout: word_counts dict}, 'model'. This is what write_results
-    stores, load_results reads back, and the plots and table take."""
-    vocab = vocab_tokens(lm.tokenizer, lm.module(lm.family.embed).weight.shape[0])
-    words, dropped = resolve_words(lm.tokenizer, word_lists or SYNTHETIC_WORDS, vocab, warn=warn)
-    bw = int(bin_width or default_bin_width(lm.n_layers))
-    res = video_lens(lm, samples, k, readouts, pool, progress)
-    res.update(words=words, dropped=dropped, vocab=vocab, bin_width=bw, model=lm.name,
-               word={r: word_counts(res["topk_ids"][r][..., 0], words, bw) for r in res["readouts"]})
-    return res
-
-
 def static_results(res: dict, attrs: dict, prefix: str = "lens") -> dict:
     """The results that need no sample: the vocabulary and the word lists kept
     -> {name: (array, attrs)}; the vocabulary's attrs describe the run."""
@@ -386,54 +367,28 @@ def _attrs(readouts, k: int, pool: str, n_layers: int, bin_width: int, lists) ->
                                               f"entry {n_layers}: blocks.{n_layers - 1}.hook_resid_post"}
 
 
-def write_results(rf, res: dict, prefix: str = "lens") -> None:
-    """Store lens_analysis' dict under /results/<prefix>/ of the
-    tracing.store.ResultsFile rf (rows aligned with its /samples)."""
-    attrs = _attrs(res["readouts"], res["k"], res["pool"], res["n_layers"], res["bin_width"], res["words"])
-    for r in res["readouts"]:
-        c, a = res["word"][r], {**attrs, "readout": r, "label": READOUT_LABELS[r]}
-        rf.write_result(f"{prefix}/{r}/word_counts", c["counts"], a, overwrite=True)
-        rf.write_result(f"{prefix}/{r}/word_shares", c["shares"], {**a, "normalised": "row (per list)"},
-                        overwrite=True)
-        rf.write_result(f"{prefix}/{r}/word_rates", c["rates"], {**a, "normalised": "per bin total"}, overwrite=True)
-    c = next(iter(res["word"].values()))
-    rf.write_result(f"{prefix}/bins", c["bins"], attrs, overwrite=True)
-    rf.write_result(f"{prefix}/bin_totals", c["totals"], attrs, overwrite=True)
-    for n in ("n_groups", "tokens_per_group", "pred"):
-        rf.write_result(f"{prefix}/{n}", np.asarray(res[n]), attrs, overwrite=True)
-    for name, (array, a) in static_results(res, attrs, prefix).items():
-        rf.write_result(name, array, a, overwrite=True)
-    for r in res["readouts"]:  # the large arrays last: each write copies the file
-        a = {**attrs, "readout": r, "label": READOUT_LABELS[r]}
-        rf.write_result(f"{prefix}/{r}/topk_ids", res["topk_ids"][r], a, overwrite=True)
-        rf.write_result(f"{prefix}/{r}/topk_probs", res["topk_probs"][r], a, overwrite=True)
+def _unit_arrays(path, readouts: list[str]) -> dict:
+    """The per-sample arrays of a run-engine file, padded into the [N, L+1, G, P, k]
+    layout (ids -1 and probabilities NaN as padding)."""
+    from analyses.run import stored
+    from tracing.store import CacheReader
 
-
-def _unit_arrays(r, readouts: list[str]) -> dict:
-    """The per-unit arrays of a ``python -m analyses.lens`` file, padded into the
-    [N, L+1, G, P, k] layout (ids -1 and probabilities NaN as padding)."""
-    def stack(name, fill, dtype):
-        parts = r.acts(name)
-        if isinstance(parts, np.ndarray):
-            return parts.astype(dtype)
-        shape = np.max([p.shape for p in parts], 0)
-        out = np.full((len(parts), *shape), fill, dtype)
-        for n, p in enumerate(parts):
-            out[(n, *[slice(0, d) for d in p.shape])] = p
-        return out
-
-    ids = {x: stack(f"topk_ids@{x}", -1, np.int32) for x in readouts}
-    sizes = [p.shape for p in r.acts(f"topk_ids@{readouts[0]}", complete_only=True)]
-    return {"topk_ids": ids, "topk_probs": {x: stack(f"topk_probs@{x}", np.nan, np.float32) for x in readouts},
-            "n_groups": np.array([s[1] for s in sizes]), "tokens_per_group": np.array([s[2] for s in sizes]),
-            "pred": np.array([p[0] if len(p) else -1 for p in r.acts("pred")])}  # -1: a skipped sample
+    ids = {x: stored(path, f"topk_ids@{x}", -1).astype(np.int32) for x in readouts}
+    r = CacheReader(path)
+    sizes = [np.shape(p) for p in r.acts(f"topk_ids@{readouts[0]}", complete_only=False)]
+    out = {"topk_ids": ids, "topk_probs": {x: stored(path, f"topk_probs@{x}").astype(np.float32) for x in readouts},
+           "n_groups": np.array([s[1] if len(s) > 1 else 0 for s in sizes]),
+           "tokens_per_group": np.array([s[2] if len(s) > 2 else 0 for s in sizes])}
+    if "pred" in r.hooks:  # the answer, stored per sample by the lens and by flow
+        out["pred"] = stored(path, "pred", -1)[:, 0]
+    return out
 
 
 def load_results(path, prefix: str = "lens") -> dict:
-    """The lens results in the file at path -> lens_analysis' dict, plus
-    'task' [N], 'tasks', 'label' [N] and 'config'. Reads a ``python -m
-    analyses.lens`` file (per-sample arrays; the word counts are computed here)
-    or the /results/<prefix> of a flow file."""
+    """The lens results of a ``python -m analyses.lens`` file or of a flow file
+    run with --lens -> video_lens' dict plus 'words' {list: {word: [ids]}},
+    'dropped', 'vocab', 'bin_width', 'word' {readout: word_counts dict} (counted
+    here from the stored ids), 'task' [N], 'tasks', 'label' [N] and 'config'."""
     from tracing.store import CacheReader
 
     r = CacheReader(path)
@@ -451,13 +406,7 @@ def load_results(path, prefix: str = "lens") -> dict:
         w, wa = r.result(f"{prefix}/words/{n}")
         out["words"][n] = {str(x): wa["ids"][str(x)] for x in np.atleast_1d(w)}
         out["dropped"][n] = wa["dropped"]
-    if f"topk_ids@{out['readouts'][0]}" in r.hooks:
-        out.update(_unit_arrays(r, out["readouts"]))
-    else:
-        for n in ("n_groups", "tokens_per_group", "pred"):
-            out[n] = r.result(f"{prefix}/{n}")[0]
-        out["topk_ids"] = {x: r.result(f"{prefix}/{x}/topk_ids")[0] for x in out["readouts"]}
-        out["topk_probs"] = {x: r.result(f"{prefix}/{x}/topk_probs")[0] for x in out["readouts"]}
+    out.update(_unit_arrays(path, out["readouts"]))
     out["word"] = {x: word_counts(out["topk_ids"][x][..., 0], out["words"], out["bin_width"]) for x in out["readouts"]}
     return out
 
@@ -586,6 +535,47 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class LensUnits:
+    """The lens as per-sample arrays, for any declaration that wants it (this
+    module's, and flow's ``--lens``): ``shapes`` of the arrays, ``static``
+    results (vocabulary, word lists), ``config``, and ``arrays(inputs, layout)``
+    for one sample: topk_ids@<readout> int32 [L+1, G, P, k], topk_probs@<readout>."""
+
+    def __init__(self, lm, layouts, word_lists: dict[str, list[str]] | None = None, k: int = 5, readouts=READOUTS,
+                 pool: str = "token", bin_width: int | None = None, warn: bool = True):
+        self.readouts = list(readouts)
+        bad = [r for r in self.readouts if r not in READOUTS]
+        if bad or not self.readouts:
+            raise ValueError(f"readouts {self.readouts}: choose from {', '.join(READOUTS)}")
+        if pool not in POOLS:
+            raise ValueError(f"pool={pool!r}: choose from {', '.join(POOLS)}")
+        if not layouts or not all(x.frames for x in layouts):
+            raise ValueError("the lens on video tokens needs prompts with video")
+        self.lm, self.k, self.pool = lm, k, pool
+        vocab = vocab_tokens(lm.tokenizer, lm.module(lm.family.embed).weight.shape[0])
+        words, dropped = resolve_words(lm.tokenizer, word_lists or SYNTHETIC_WORDS, vocab, warn=warn)
+        bw = int(bin_width or default_bin_width(lm.n_layers))
+        G = max(len(x.frame_groups) for x in layouts)  # the largest frame grid bounds the stored shapes
+        P = 1 if pool == "frame_mean" else max(len(g) for x in layouts for g in x.frame_groups)
+        E = lm.n_layers + 1
+        self.shapes = {}
+        for r in self.readouts:
+            self.shapes[f"topk_ids@{r}"] = ((E, G, P, k), "int32")
+            self.shapes[f"topk_probs@{r}"] = ((E, G, P, k), "float32")
+        self.config = {"readout_list": self.readouts, "k": k, "pool": pool, "bin_width": bw, "word_lists": word_lists}
+        self.static = static_results({"words": words, "dropped": dropped, "vocab": vocab},
+                                     _attrs(self.readouts, k, pool, lm.n_layers, bw, words))
+        self._cache: dict = {}
+
+    def arrays(self, inputs: dict, layout) -> tuple[dict, int]:
+        """-> ({name: array} of one sample, the option the model answers)."""
+        x = sample_lens(self.lm, inputs, layout, self.k, self.readouts, self.pool, self._cache)
+        out = {}
+        for r in self.readouts:
+            out[f"topk_ids@{r}"], out[f"topk_probs@{r}"] = x["topk_ids"][r], x["topk_probs"][r]
+        return out, x["pred"]
+
+
 def declare(lm, samples, word_lists: dict[str, list[str]] | None = None, k: int = 5, readouts=READOUTS,
             pool: str = "token", bin_width: int | None = None, config: dict | None = None, warn: bool = True):
     """The lens on every sample as a run-engine declaration: per sample the
@@ -595,49 +585,27 @@ def declare(lm, samples, word_lists: dict[str, list[str]] | None = None, k: int 
     from tracing.inputs import build_sample_inputs
     from tracing.store import SampleMeta
 
-    readouts = list(readouts)
-    bad = [r for r in readouts if r not in READOUTS]
-    if bad or not readouts:
-        raise ValueError(f"readouts {readouts}: choose from {', '.join(READOUTS)}")
-    if pool not in POOLS:
-        raise ValueError(f"pool={pool!r}: choose from {', '.join(POOLS)}")
-    vocab = vocab_tokens(lm.tokenizer, lm.module(lm.family.embed).weight.shape[0])
-    words, dropped = resolve_words(lm.tokenizer, word_lists or SYNTHETIC_WORDS, vocab, warn=warn)
-    bw = int(bin_width or default_bin_width(lm.n_layers))
     layouts = {}
-    for i, s in enumerate(samples):  # no forward: the largest frame grid bounds the stored shapes
+    for i, s in enumerate(samples):  # no forward: the layouts bound the stored shapes
         try:
             layouts[i] = build_sample_inputs(lm, s)[1]
         except ValueError:
             pass
     if not layouts:
         raise ValueError("no sample could be prepared for the lens (no video?)")
-    G = max(len(x.frame_groups) for x in layouts.values())
-    P = 1 if pool == "frame_mean" else max(len(g) for x in layouts.values() for g in x.frame_groups)
-    E = lm.n_layers + 1
-    shapes = {"pred": ((1,), "int64")}
-    for r in readouts:
-        shapes[f"topk_ids@{r}"] = ((E, G, P, k), "int32")
-        shapes[f"topk_probs@{r}"] = ((E, G, P, k), "float32")
-    cache: dict = {}
+    lens = LensUnits(lm, list(layouts.values()), word_lists, k, readouts, pool, bin_width, warn)
 
     def compute(i):
         if i not in layouts:
             raise SkipUnit(f"cannot build its prompt (frames {samples[i].n_frames})")
         inputs, layout = build_sample_inputs(lm, samples[i])
-        x = sample_lens(lm, inputs, layout, k, readouts, pool, cache)
-        arrays = {"pred": np.array([x["pred"]])}
-        for r in readouts:
-            arrays[f"topk_ids@{r}"], arrays[f"topk_probs@{r}"] = x["topk_ids"][r], x["topk_probs"][r]
-        return arrays, layout.to_dict(), {}
+        arrays, pred = lens.arrays(inputs, layout)
+        return {**arrays, "pred": np.array([pred])}, layout.to_dict(), {}
 
     units = [SampleMeta(s.id, s.task, int(s.answer), -1, {"question": s.question, "options": list(s.options)})
              for s in samples]
-    cfg = {"readout_list": readouts, "k": k, "pool": pool, "bin_width": bw, "word_lists": word_lists,
-           **(config or {})}
-    res = {"words": words, "dropped": dropped, "vocab": vocab}
-    static = static_results(res, _attrs(readouts, k, pool, lm.n_layers, bw, words))
-    return Declaration("lens", cfg, units, compute, shapes=shapes, static=static, describe="video lens")
+    return Declaration("lens", {**lens.config, **(config or {})}, units, compute,
+                       shapes={**lens.shapes, "pred": ((1,), "int64")}, static=lens.static, describe="video lens")
 
 
 def run(lm, samples, out, word_lists: dict[str, list[str]] | None = None, k: int = 5, readouts=READOUTS,

@@ -207,10 +207,63 @@ def run(decl: Declaration, out: str | Path, model: str, fingerprint: str, datase
                 w.write_sample(i, {n: np.zeros((0,) * len(shape)) for n, (shape, _) in w.hooks.items()}, {},
                                {"skipped": why})
         if target != out:
-            os.replace(target, out)  # the one place an output is swapped in
+            _swap_in(target, out)
     for i, why in skipped:
         log(f"skipped {decl.units[i].id}: {why}")
     return Outcome(out, len(todo) - len(skipped), resumed, [(decl.units[i].id, why) for i, why in skipped])
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """The one place an output is replaced: one atomic rename, so a reader or a
+    kill sees the old file or the new one, never a mix."""
+    os.replace(new, out)
+
+
+def later_stage(out: str | Path, stage: str, request: dict, compute: Callable[[], dict],
+                overwrite: bool = False, log=None) -> bool:
+    """Results of a stage that reads every unit (e.g. flow's pathways), stored
+    under /results/<stage>/ of a completed run's file together with ``request``
+    (what the stage was asked; not part of the file's identity, so that a file
+    can be extended). Same request stored: nothing to do (-> False). Another
+    request: RunError unless ``overwrite``. ``compute()`` -> {name: (array,
+    attrs)} (names under the stage); they are written into a copy of the file
+    that replaces it atomically, so a kill leaves the old file. -> True."""
+    import shutil
+
+    import h5py
+
+    from tracing.store import CacheReader, _norm, _put_result, diff_lines
+
+    log = log or (lambda m: print(m, file=sys.stderr))
+    out = Path(out).absolute()
+    marker = f"{stage}/request"
+    with _Lock(out):
+        r = CacheReader(out)
+        if marker in r.results():
+            old = r.result(marker)[1]
+            if old == _norm(request):
+                log(f"{out}: {stage} results of this request complete, not recomputed")
+                return False
+            if not overwrite:
+                diffs = diff_lines(old, _norm(request), stage)
+                raise RunError(f"{out} holds {stage} results of another request ({'; '.join(diffs)}); "
+                               f"pass --overwrite to replace them (the rest of the file is kept)")
+        results = compute()
+        tmp = out.with_name(f".{out.name}.{stage}")
+        shutil.copyfile(out, tmp)
+        try:
+            with h5py.File(tmp, "r+") as f:
+                if f"results/{stage}" in f:
+                    del f[f"results/{stage}"]
+                for name, (array, attrs) in results.items():
+                    _put_result(f, out, f"{stage}/{name}", array, attrs, overwrite=False)
+                # written last: its presence means the stage is complete
+                _put_result(f, out, marker, np.zeros(0), request, overwrite=False)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _swap_in(tmp, out)
+    return True
 
 
 def skipped_units(path: str | Path) -> list[tuple[str, str]]:
@@ -254,8 +307,22 @@ def cli_boundary(main: Callable[[list[str] | None], object]) -> Callable[[list[s
     return entry
 
 
-def stored(path: str | Path, name: str, complete_only: bool = True) -> list[np.ndarray]:
-    """The per-unit arrays ``name`` of a run's file, one per unit (padding trimmed)."""
+def stored(path: str | Path, name: str, fill=np.nan) -> np.ndarray:
+    """The per-unit arrays ``name`` of a run's file stacked [N, *largest shape],
+    ``fill`` where a unit's array is smaller (or the unit was skipped or is not
+    complete)."""
     from tracing.store import CacheReader
 
-    return CacheReader(path).acts(name, complete_only=complete_only)
+    r = CacheReader(path)
+    parts = r.acts(name, complete_only=False)
+    done = r.samples["complete"]
+    if isinstance(parts, np.ndarray) and done.all():
+        return parts
+    parts = list(parts)
+    shape = np.max([p.shape for p in parts], 0)
+    dtype = np.result_type(parts[0].dtype, np.asarray(fill).dtype)
+    out = np.full((len(parts), *shape), fill, dtype)
+    for n, p in enumerate(parts):
+        if done[n]:
+            out[(n, *[slice(0, d) for d in p.shape])] = p
+    return out

@@ -1,4 +1,5 @@
-"""The run engine (analyses/run.py), the same battery for every analysis on it:
+"""The run engine (analyses/run.py), the same battery for every analysis on it
+(capture, lens, flow):
 a mismatched output is refused and left unchanged; a run killed with SIGKILL
 at two moments resumes to exactly the arrays and attributes of an
 uninterrupted run; a killed --overwrite leaves the old file intact; an
@@ -14,12 +15,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from analyses import capture as capture_mod
+from analyses import flow as flow_mod
 from analyses import lens as lens_mod
 from analyses.run import _Lock, beside, cli_boundary
 from tracing.store import CacheReader
 
+# One thread here and in the killed subprocesses: the same arithmetic order, the same bits.
+torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--model", "tiny-llava-next", "--tasks", "direction,static_color", "--limit", "3", "--frames", "4", "--no-progress"]
 # analysis -> (module, its CLI main, arguments of run A, what makes run B another configuration)
@@ -27,6 +32,8 @@ ANALYSES = {
     "capture": ("analyses.capture", capture_mod.main, ["--hooks", "resid_post,projector", "--positions", "frames"],
                 ["--seed", "1"]),
     "lens": ("analyses.lens", lens_mod.main, ["--k", "2", "--readout", "embed"], ["--k", "3"]),
+    "flow": ("analyses.flow", flow_mod.main, ["--samples", "all", "--window", "2", "--edges", "video_last,cross_frame",
+                                              "--no-layerwise"], ["--window", "3"]),
 }
 N_UNITS = 6
 

@@ -50,17 +50,16 @@ def test_tiny_run_writes_file_and_figures(tiny_run, tiny):
     res, out = tiny_run
     L, N = tiny.n_layers, len(TINY_TASKS) * TINY_LIMIT
     r = CacheReader(out)
-    names = r.results()
+    assert r.samples["complete"].all()
+    K = r.acts("probs").shape[1]
+    assert r.acts("knockout").shape == (N, len(TINY_EDGES), L, K) and r.acts("layerwise").shape == (N, 4, L)
     for e in TINY_EDGES:
         for g in ("flow", "flow_answer", "flow_correct"):
-            arr, attrs = r.result(f"{g}/{flow.key(e)}")
-            assert arr.shape == (N, L) and attrs["edge"] == e
-        assert r.result(f"flow_acc/{flow.key(e)}")[0].shape == (L,)
-    assert {"baseline", "accuracy", "kept", "layerwise/true", "layerwise/false_norm"} <= set(names)
-    assert r.config["window"] == 2 and r.config["samples"] == "all" and r.config["edge_list"] == TINY_EDGES
+            assert res[g][e].shape == (N, L)
+        assert res["flow_acc"][e].shape == (L,)
+    assert r.config["k"] == 2 and r.config["samples"] == "all" and r.config["edge_list"] == TINY_EDGES
     assert res["kept"].all()  # --samples all
-    base = r.result("baseline")[0]
-    np.testing.assert_allclose(np.nansum(base, 1) <= 1 + 1e-5, True)
+    np.testing.assert_allclose(np.nansum(res["baseline"], 1) <= 1 + 1e-5, True)
     # video -/-> last never changes anything before the last position: a window
     # sweep of it gives finite values, and cross-frame with 2 frames too
     assert np.isfinite(res["flow"]["cross_frame"]).all()
@@ -152,67 +151,74 @@ def test_cli_refuses_resumes_and_overwrites(tiny_run, tmp_path, monkeypatch, cap
     import shutil
 
     from analyses import pathways as P
+    from analyses.run import RunError, beside
 
     _, src = tiny_run
     out = tmp_path / "f.h5"
     shutil.copyfile(src, out)
-    base = TINY_ARGS + ["--out", str(out)]
+    base = TINY_ARGS + ["--lens", "--out", str(out)]
     before = out.read_bytes()
 
     # Another configuration: refused before any compute, naming the file and the key.
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(RunError) as e:
         flow.main(base + ["--window", "3"])
     msg = str(e.value)
-    assert str(out) in msg and "config.window: 2 (in file) vs 3 (this run)" in msg and "--overwrite" in msg
+    assert str(out) in msg and "config.k: 2 (in file) vs 3 (this run)" in msg and "--overwrite" in msg
     assert out.read_bytes() == before
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"not hdf5")
-    with pytest.raises(SystemExit, match="not a chronolens results file"):
+    with pytest.raises(RunError, match="did not write"):
         flow.main(TINY_ARGS + ["--out", str(junk)])
     assert junk.read_bytes() == b"not hdf5"
+    # Other lens words are another configuration too (they used to be kept silently).
+    with pytest.raises(RunError, match="lens"):
+        flow.main(base + ["--lens-words", "spatial=left,right"])
 
     # Same configuration: the flow maps are complete and not recomputed;
     # pathways of another request are refused, then replaced with --overwrite.
-    monkeypatch.setattr(flow, "flow_maps", _boom)
+    monkeypatch.setattr(flow, "sample_arrays", _boom)
     other = "CF=1-2,VQ=1-3,QL=2-4"
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(RunError) as e:
         flow.main(base + ["--pathways", other, "--random-seeds", "2"])
     assert "pathways.given: 'CF=2-3,VQ=2-5,QL=4-6' (in file) vs 'CF=1-2,VQ=1-3,QL=2-4' (this run)" in str(e.value)
     assert out.read_bytes() == before
     capsys.readouterr()
     res = flow.main(base + ["--pathways", other, "--random-seeds", "2", "--overwrite"])
-    assert "flow maps complete, not recomputed" in capsys.readouterr().err
+    assert "resuming, 4 of 4 units already complete" in capsys.readouterr().err
     assert res["pathways"]["attrs"]["pathways"] == other
     old = flow.load_results(src)
     for e_ in TINY_EDGES:
         np.testing.assert_array_equal(res["flow"][e_], old["flow"][e_])
-    assert not out.with_name(out.name + ".new").exists()
     # The same request again: nothing to do.
     monkeypatch.setattr(P, "SampleSet", _boom)
     flow.main(base + ["--pathways", other, "--random-seeds", "2"])
-    assert "pathway results of this request complete, not recomputed" in capsys.readouterr().err
+    assert "pathways results of this request complete, not recomputed" in capsys.readouterr().err
     monkeypatch.undo()
 
     # --overwrite with another configuration: written beside, swapped in at the
-    # end; a run that dies first leaves the old file as it was.
+    # end; a run that dies first leaves the old file as it was, and a rerun
+    # resumes beside it.
     cheap = TINY_ARGS[:-5] + ["--edges", "video_last", "--window", "3", "--no-layerwise", "--no-progress",
                               "--out", str(out)]
     before = out.read_bytes()
+    real, calls = flow.sample_arrays, []
 
-    def dies(rf, res, tasks):
-        rf.write_result("baseline", res["baseline"], {}, overwrite=True)
-        raise KeyboardInterrupt
+    def dies(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
 
-    monkeypatch.setattr(flow, "write_results", dies)
+    monkeypatch.setattr(flow, "sample_arrays", dies)
     with pytest.raises(KeyboardInterrupt):
         flow.main(cheap + ["--overwrite"])
     assert out.read_bytes() == before
-    assert not out.with_name(out.name + ".new").exists()
+    assert CacheReader(beside(out)).samples["complete"].sum() == 2
     monkeypatch.undo()
     res = flow.main(cheap + ["--overwrite"])
     r = CacheReader(out)
-    assert r.config["window"] == 3 and r.config["edge_list"] == ["video_last"] and "pathways" not in res
-    assert not any(n.startswith("pathways/") for n in r.results())
+    assert r.config["k"] == 3 and r.config["edge_list"] == ["video_last"] and "pathways" not in res
+    assert not any(n.startswith("pathways/") for n in r.results()) and not beside(out).exists()
 
 
 # ---------------------------------------------------------------- a TOMATO folder
@@ -310,9 +316,9 @@ def test_lens_step_stores_the_lens_of_the_same_samples(tiny_run, tiny):
     _, out = tiny_run
     back = lens.load_results(out)
     samples = load_dataset("synthetic", n_frames=TINY_FRAMES, limit=TINY_LIMIT, tasks=TINY_TASKS, seed=0).samples
-    direct = lens.lens_analysis(tiny, samples, lens.parse_words("auto", "synthetic"), progress=False, warn=False)
+    direct = lens.video_lens(tiny, samples, k=5, readouts=lens.READOUTS, progress=False)
     for r in direct["readouts"]:
         np.testing.assert_array_equal(back["topk_ids"][r], direct["topk_ids"][r])
-        np.testing.assert_array_equal(back["word"][r]["counts"], direct["word"][r]["counts"])
+    np.testing.assert_array_equal(back["pred"], direct["pred"])
     figs = out.with_name(out.stem + "_figures")
     assert (figs / "lens_words.png").exists() and (figs / "lens_words.pdf").exists()

@@ -180,6 +180,13 @@ def _read_identity(f, path):
     return ident
 
 
+def diff_lines(old: dict, new: dict, prefix: str) -> list[str]:
+    """'key.leaf: <old> (in file) vs <new> (this run)' for every leaf that differs."""
+    fo, fn = _flat(old, prefix), _flat(new, prefix)
+    return [f"{k}: {fo.get(k, '<absent>')!r} (in file) vs {fn.get(k, '<absent>')!r} (this run)"
+            for k in sorted(set(fo) | set(fn)) if fo.get(k, "<absent>") != fn.get(k, "<absent>")]
+
+
 def _differences(old, new):
     """Lines 'key: <file value> (in file) vs <run value> (this run)'."""
     lines = []
@@ -188,9 +195,7 @@ def _differences(old, new):
         if key == "hooks" and (o is None or n is None):
             continue  # not yet defined on one side: the other side defines them
         if key == "config":
-            fo, fn = _flat(o, "config"), _flat(n, "config")
-            lines += [f"{k}: {fo.get(k, '<absent>')!r} (in file) vs {fn.get(k, '<absent>')!r} (this run)"
-                      for k in sorted(set(fo) | set(fn)) if fo.get(k, "<absent>") != fn.get(k, "<absent>")]
+            lines += diff_lines(o, n, "config")
         elif key == "samples" and o != n:
             if len(o) != len(n):
                 lines.append(f"samples: {len(o)} (in file) vs {len(n)} (this run)")
