@@ -93,13 +93,14 @@ def build_parser():
     return ap
 
 
-def main(argv=None):
+def prepare(argv):
+    """The CLI arguments -> run.Prepared (model, declaration, dataset), in the
+    driver and in every Ray worker."""
     from analyses.cli import load_data, load_from_args, preflight
-    from analyses.run import UsageError
+    from analyses.run import Prepared, UsageError
     from tasks.synthetic import caption_prompt
 
-    ap = build_parser()
-    a = ap.parse_args(argv)
+    a = build_parser().parse_args(argv)
     try:
         layers = [int(x) for x in a.layers.split(",")] if a.layers else None
     except ValueError:
@@ -127,10 +128,21 @@ def main(argv=None):
            "dtype": a.dtype, "layers": layers, "data_dir": a.data_dir}
     if a.video_pixels:
         cfg["video_pixels"] = list(a.video_pixels)
-    r = capture_dataset(lm, samples, a.hooks, out, a.positions, layers, a.float16, a.dataset, cfg,
-                        progress=not a.no_progress, backend=a.backend, context=context, overwrite=a.overwrite)
-    print(f"wrote {r.path}")
-    return r
+    decl = declare(lm, samples, a.hooks, a.positions, layers, a.float16, cfg, a.backend, context)
+    return Prepared(lm, decl, a.dataset, a, out)
+
+
+def main(argv=None):
+    import sys
+
+    from analyses.run import engine_options
+    from tracing.store import CacheReader
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = prepare(argv)
+    done = run(p.decl, p.out, p.lm.name, p.lm.fingerprint, p.dataset, **engine_options(p.args, "analyses.capture", argv))
+    print(f"wrote {done.path}")
+    return CacheReader(done.path)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import sys
 
@@ -36,12 +37,18 @@ def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16)
                     help="folder for the figures, PNG and PDF (default: next to --out, <out stem>_figures)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="run the samples on N Ray workers (a local Ray instance started for the run; each worker "
+                         "loads the model once); 0: in this process, without Ray")
+    ap.add_argument("--ray-address", default=None,
+                    help="join an existing Ray cluster (e.g. 'auto' or 'HEAD_IP:6379', after `ray start --head` "
+                         "on the head node and `ray start --address ...` on the others) instead of starting one")
     return ap
 
 
 # Arguments that change how a run is shown or where it goes, not its numbers:
 # left out of the configuration a results file is identified by.
-PRESENTATION = ("out", "overwrite", "figures", "no_progress", "debug")
+PRESENTATION = ("out", "overwrite", "figures", "no_progress", "debug", "workers", "ray_address")
 
 
 def figures_dir(a, out) -> "Path":
@@ -63,6 +70,8 @@ def check_flags(a) -> None:
         raise UsageError(f"--limit {a.limit}: must be >= 1, or 'all'")
     if getattr(a, "frames", 1) < 1:
         raise UsageError(f"--frames {a.frames}: must be >= 1")
+    if getattr(a, "workers", 0) < 0:
+        raise UsageError(f"--workers {a.workers}: must be >= 0")
     if str(getattr(a, "device", "cpu")).startswith("cuda"):
         import torch
 

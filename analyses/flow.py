@@ -577,14 +577,16 @@ def pathway_results(ev: dict, request: dict, n_layers: int, found: dict | None =
     return out
 
 
-def main(argv=None) -> dict:
-    from analyses import run as engine
-    from analyses.cli import check_flags, figures_dir, load_data, load_from_args, preflight, run_config
-    from analyses.pathways import STAGE_EDGES, STAGES, SampleSet, evaluate, find_pathways, parse_pathways
-    from analyses.run import UsageError
+def prepare(argv):
+    """The CLI arguments -> run.Prepared (model, declaration, dataset), in the
+    driver and in every Ray worker."""
+    import torch
 
-    ap = build_parser()
-    a = ap.parse_args(argv)
+    from analyses.cli import check_flags, load_data, load_from_args, preflight, run_config
+    from analyses.pathways import STAGE_EDGES, STAGES, parse_pathways
+    from analyses.run import Prepared, UsageError
+
+    a = build_parser().parse_args(argv)
     check_flags(a)
     edge_names = parse_edges(a.edges)
     if a.window is not None and a.window < 1:
@@ -600,7 +602,6 @@ def main(argv=None) -> dict:
             raise UsageError(f"--find-pathways reads the flow maps of {', '.join(STAGE_EDGES.values())}; "
                              f"add {', '.join(missing)} to --edges")
     out = preflight("flow", a)
-    figures = figures_dir(a, out)
     samples = load_data(a).samples
     lm = load_from_args(a)
     from tracing.inputs import build_sample_inputs
@@ -612,10 +613,10 @@ def main(argv=None) -> dict:
             edges(e, lay)
         except ValueError as err:
             raise UsageError(f"--edges: {err} (named sets: {', '.join(EDGE_SETS)})") from None
-    given = None
+    a.given = None
     if a.pathways:
         try:
-            given = parse_pathways(a.pathways, lm.n_layers)
+            a.given = parse_pathways(a.pathways, lm.n_layers)
         except ValueError as err:
             raise UsageError(f"--pathways: {err}") from None
     if a.window is not None and a.window > lm.n_layers:
@@ -629,14 +630,25 @@ def main(argv=None) -> dict:
                                   lens_mod.parse_words(a.lens_words, a.dataset), warn=False)
     # what the declaration records itself, and what is not a result's setting, is left out
     config = {kk: v for kk, v in run_config(a).items()
-              if kk not in PATHWAY_ARGS + ("edges", "window", "samples", "no_layerwise", "lens", "lens_words")}
-    progress = not a.no_progress
-    import torch
-
+              if kk not in PATHWAY_ARGS + ("edges", "window", "samples", "no_layerwise", "lens", "lens_words", "given")}
     torch.manual_seed(a.seed)
-    res = run(lm, samples, out, edge_names, k, a.samples, not a.no_layerwise, lens, a.dataset, config,
-              overwrite=a.overwrite, progress=progress)
-    request = pathway_request(a, given)
+    decl = declare(lm, samples, edge_names, k, a.samples, not a.no_layerwise, lens, config)
+    a.samples_list = samples
+    return Prepared(lm, decl, a.dataset, a, out)
+
+
+def main(argv=None) -> dict:
+    from analyses import run as engine
+    from analyses.cli import figures_dir
+    from analyses.pathways import STAGE_EDGES, SampleSet, evaluate, find_pathways
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = prepare(argv)
+    a, lm, out, samples = p.args, p.lm, p.out, p.args.samples_list
+    progress = not a.no_progress
+    engine.run(p.decl, out, lm.name, lm.fingerprint, p.dataset, **engine.engine_options(a, "analyses.flow", argv))
+    res = load_results(out)
+    request = pathway_request(a, a.given)
     if request is not None:
         def compute():
             ss = SampleSet(lm, samples, progress=progress)
@@ -649,12 +661,13 @@ def main(argv=None) -> dict:
                                       log=lambda m: print(m, file=sys.stderr))
                 chosen = found["pathways"]
             else:
-                chosen = given
+                chosen = a.given
             ev = evaluate(ss, chosen, seeds=range(a.random_seeds), seed_base=a.seed)
             return pathway_results(ev, request, lm.n_layers, found)
 
         engine.later_stage(out, "pathways", request, compute, overwrite=a.overwrite)
         res = load_results(out)
+    figures = figures_dir(a, out)
     paths = save_figures(res, figures)
     print(table(res))
     if "pathways" in res:

@@ -620,14 +620,15 @@ def run(lm, samples, out, word_lists: dict[str, list[str]] | None = None, k: int
     return load_results(done.path)
 
 
-def main(argv=None) -> dict:
+def prepare(argv):
+    """The CLI arguments -> run.Prepared (model, declaration, dataset), in the
+    driver and in every Ray worker."""
     import torch
 
-    from analyses.cli import figures_dir, load_data, load_from_args, preflight, run_config
-    from analyses.run import UsageError
+    from analyses.cli import load_data, load_from_args, preflight, run_config
+    from analyses.run import Prepared, UsageError
 
-    ap = build_parser()
-    a = ap.parse_args(argv)
+    a = build_parser().parse_args(argv)
     readouts = [r.strip() for r in a.readout.split(",") if r.strip()]
     bad = [r for r in readouts if r not in READOUTS]
     if bad or not readouts:
@@ -641,19 +642,29 @@ def main(argv=None) -> dict:
     except ValueError as e:
         raise UsageError(str(e)) from None
     out = preflight("lens", a)
-    figures = figures_dir(a, out)
     samples = load_data(a).samples
     lm = load_from_args(a)
     torch.manual_seed(a.seed)
     config = {k: v for k, v in run_config(a).items() if k not in ("readout", "words", "k", "pool", "bin_width")}
-    res = run(lm, samples, out, word_lists, a.k, readouts, a.pool, a.bin_width, a.dataset, config,
-              overwrite=a.overwrite, progress=not a.no_progress)
+    decl = declare(lm, samples, word_lists, a.k, readouts, a.pool, a.bin_width, config, warn=False)
+    return Prepared(lm, decl, a.dataset, a, out)
+
+
+def main(argv=None) -> dict:
+    from analyses import run as engine
+    from analyses.cli import figures_dir
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = prepare(argv)
+    engine.run(p.decl, p.out, p.lm.name, p.lm.fingerprint, p.dataset,
+               **engine.engine_options(p.args, "analyses.lens", argv))
+    res = load_results(p.out)
     if any(res["dropped"].values()):
         print("dropped word-list words that are not single tokens of this vocabulary: "
               + "; ".join(f"{n}: {', '.join(d)}" for n, d in res["dropped"].items() if d), file=sys.stderr)
-    paths = save_figures(res, figures)
+    paths = save_figures(res, figures_dir(p.args, p.out))
     print(table(res))
-    print(f"wrote {out}, {', '.join(paths)}", file=sys.stderr)
+    print(f"wrote {p.out}, {', '.join(paths)}", file=sys.stderr)
     return res
 
 

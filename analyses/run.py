@@ -84,6 +84,24 @@ class Declaration:
 
 
 @dataclass
+class Prepared:
+    """What an analysis' ``prepare(argv)`` builds from its CLI arguments, in the
+    driver and in every Ray worker alike."""
+
+    lm: object
+    decl: Declaration
+    dataset: str
+    args: object = None
+    out: Path | None = None
+
+
+def engine_options(a, module: str, argv: list[str]) -> dict:
+    """The engine's keyword arguments from the shared CLI flags."""
+    return dict(overwrite=a.overwrite, progress=not a.no_progress, workers=a.workers, ray_address=a.ray_address,
+                job=(module, list(argv)))
+
+
+@dataclass
 class Outcome:
     path: Path
     computed: int
@@ -161,14 +179,50 @@ def _mismatch(path: Path, decl: Declaration, model: str, fingerprint: str, datas
 
 # ---------------------------------------------------------------- the run
 
+def _compute(decl: Declaration, w, todo: list[int], bar=None) -> list[tuple[int, str]]:
+    """Compute and write the units ``todo`` into the store writer ``w`` (the
+    one loop of both a single process and a Ray worker) -> [(unit, reason)]
+    skipped. A skipped unit is recorded as complete and empty with its reason:
+    a rerun does not retry it."""
+    skipped = []
+    for i in todo:
+        try:
+            arrays, layout, meta = decl.compute(i)
+        except SkipUnit as e:
+            skipped.append((i, str(e)))
+        else:
+            w.write_sample(i, arrays, layout, meta)
+        if bar is not None:
+            bar.update(1)
+    for i, why in skipped:
+        if w.hooks is None:
+            raise RunError(f"no unit could be computed; first problem: {decl.units[i].id}: {why}")
+        w.write_sample(i, {n: np.zeros((0,) * len(shape)) for n, (shape, _) in w.hooks.items()}, {},
+                       {"skipped": why})
+    return skipped
+
+
+def _open(decl: Declaration, path: Path, model: str, fingerprint: str, dataset: str, hooks=None):
+    from tracing.store import CacheWriter
+
+    return CacheWriter.open(path, model, fingerprint, dataset, decl.identity_config(), decl.units,
+                            hooks=hooks or decl.shapes, float16=decl.float16, static=decl.static,
+                            max_json_bytes=decl.max_json_bytes)
+
+
 def run(decl: Declaration, out: str | Path, model: str, fingerprint: str, dataset: str,
-        overwrite: bool = False, progress: bool = True, log=None) -> Outcome:
+        overwrite: bool = False, progress: bool = True, log=None, workers: int = 0,
+        ray_address: str | None = None, job: tuple[str, list[str]] | None = None) -> Outcome:
     """Compute every pending unit of ``decl`` into the HDF5 file ``out`` (see the
     module docstring). Raises RunError for a file of another run (unless
-    ``overwrite``), a second writer, or a file chronolens did not write."""
-    from tqdm import tqdm
+    ``overwrite``), a second writer, or a file chronolens did not write.
 
-    from tracing.store import CacheWriter
+    workers > 0 (or ray_address): the units are computed by Ray actors, each
+    rebuilding the declaration once from ``job`` = (module, argv) with the
+    module's ``prepare(argv)`` (so each loads the model once), each writing a
+    shard file beside the output through the same store; the driver merges the
+    shards into the output as they finish (see ``_sharded``)."""
+    from tqdm import tqdm
 
     log = log or (lambda m: print(m, file=sys.stderr))
     out = check_out(out, overwrite)
@@ -183,34 +237,111 @@ def run(decl: Declaration, out: str | Path, model: str, fingerprint: str, datase
                 target = beside(out)
                 if target.exists() and _mismatch(target, decl, model, fingerprint, dataset):
                     target.unlink()  # an abandoned --overwrite of yet another configuration
-        skipped: list[tuple[str, str]] = []
-        with CacheWriter.open(target, model, fingerprint, dataset, decl.identity_config(), decl.units,
-                              hooks=decl.shapes, float16=decl.float16, static=decl.static,
-                              max_json_bytes=decl.max_json_bytes) as w:
+        with _open(decl, target, model, fingerprint, dataset) as w:
+            if workers or ray_address:
+                _merge(w, _shards(target), remove=True)  # what a killed driver's workers had finished
             todo = w.pending()
             resumed = len(decl.units) - len(todo)
             if resumed:
                 log(f"{out}: resuming, {resumed} of {len(decl.units)} units already complete")
             first = [i for i in (decl.order or []) if i in todo]
             todo = first + [i for i in todo if i not in set(first)]
-            for i in tqdm(todo, desc=decl.describe or f"{decl.kind} -> {out.name}", unit="unit",
-                          disable=not progress):
-                try:
-                    arrays, layout, meta = decl.compute(i)
-                except SkipUnit as e:
-                    skipped.append((i, str(e)))
-                    continue
-                w.write_sample(i, arrays, layout, meta)
-            for i, why in skipped:  # recorded as complete and empty, with the reason: a rerun does not retry
-                if w.hooks is None:
-                    raise RunError(f"no unit could be computed; first problem: {decl.units[i].id}: {why}")
-                w.write_sample(i, {n: np.zeros((0,) * len(shape)) for n, (shape, _) in w.hooks.items()}, {},
-                               {"skipped": why})
+            desc = decl.describe or f"{decl.kind} -> {out.name}"
+            with tqdm(total=len(todo), desc=desc, unit="unit", disable=not progress) as bar:
+                if (workers or ray_address) and todo:
+                    if job is None:
+                        raise UsageError(f"{decl.kind}: --workers needs the analysis' prepare(argv) to rebuild it")
+                    # the units that fix the file's shapes first, here; the rest on the workers
+                    skipped = _compute(decl, w, first if w.hooks is None else [], bar)
+                    skipped += _sharded(decl, w, target, [i for i in todo if not w.is_complete(i)], job,
+                                        workers, ray_address, bar)
+                else:
+                    skipped = _compute(decl, w, todo, bar)
         if target != out:
             _swap_in(target, out)
     for i, why in skipped:
         log(f"skipped {decl.units[i].id}: {why}")
     return Outcome(out, len(todo) - len(skipped), resumed, [(decl.units[i].id, why) for i, why in skipped])
+
+
+# ---------------------------------------------------------------- scale-out on Ray
+
+def _shard(target: Path, k: int) -> Path:
+    return target.with_name(f".{target.name}.shard{k}")
+
+
+def _shards(target: Path) -> list[Path]:
+    return sorted(p for p in target.parent.glob(f".{target.name}.shard*") if p.name.rsplit(".shard", 1)[-1].isdigit())
+
+
+def _merge(w, shards: list[Path], remove: bool = False) -> list[int]:
+    """Copy the complete units of the shard files into the writer ``w`` (the same
+    store, the same identity) -> the units merged; ``remove`` deletes the shards
+    afterwards (their actors are done)."""
+    from tracing.store import CacheReader
+
+    merged = []
+    for shard in shards:
+        if not shard.exists():
+            continue
+        r = CacheReader(shard)
+        for i in np.flatnonzero(r.samples["complete"]):
+            if not w.is_complete(int(i)):
+                w.write_sample(int(i), *r.unit(int(i)))
+                merged.append(int(i))
+        if remove:
+            shard.unlink()
+    return merged
+
+
+def _sharded(decl: Declaration, w, target: Path, todo: list[int], job, workers: int, ray_address,
+             bar) -> list[tuple[int, str]]:
+    """The units ``todo`` on Ray actors -> skipped units. Each actor writes its
+    own shard file; each finished batch is merged into ``w`` at once, so a
+    killed driver loses at most what is in the shards, and a rerun merges
+    those first. An actor killed mid-batch is restarted by Ray (which loads the
+    model again) and the batch is retried: it resumes its shard."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    try:
+        n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(_Worker)
+        actors = [actor.remote(*job, str(_shard(target, k)), w.hooks) for k in range(n)]
+        size = max(1, min(8, len(todo) // (2 * n) or 1))
+        batches = [todo[a:a + size] for a in range(0, len(todo), size)]
+        pending = {actors[b % n].compute.remote(batch): b for b, batch in enumerate(batches)}
+        skipped = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                pending.pop(ref)
+                skipped += [tuple(x) for x in ray.get(ref)]
+                bar.update(len(_merge(w, [_shard(target, k) for k in range(n)])))
+        _merge(w, _shards(target), remove=True)
+        return skipped
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _Worker:
+    """A Ray actor: the analysis rebuilt from (module, argv) with the model
+    loaded once, writing its units into its own shard file."""
+
+    def __init__(self, module: str, argv: list[str], shard: str, hooks: dict | None):
+        import importlib
+
+        p = importlib.import_module(module).prepare(argv)
+        self.lm, self.decl, self.dataset = p.lm, p.decl, p.dataset
+        self.shard, self.hooks = Path(shard), hooks
+
+    def compute(self, units: list[int]) -> list[tuple[int, str]]:
+        with _open(self.decl, self.shard, self.lm.name, self.lm.fingerprint, self.dataset, self.hooks) as w:
+            return _compute(self.decl, w, [i for i in units if not w.is_complete(i)])
 
 
 def _swap_in(new: Path, out: Path) -> None:

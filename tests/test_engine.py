@@ -175,3 +175,49 @@ def test_bad_shared_flags_are_usage_errors_before_anything_loads(analysis, bad, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- scale-out on Ray
+
+def test_two_ray_workers_equal_one_process(analysis, reference, tmp_path):
+    out = tmp_path / "ray.h5"
+    assert run_in_process(analysis, out, "--workers", "2") == 0
+    assert_same(contents(out), reference[analysis]["a"])
+    assert not list(tmp_path.glob(".ray.h5.shard*"))  # merged and removed
+
+
+def _ray_workers():
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"]) if any("ray::_Worker" in c for c in p.info["cmdline"] or [])]
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_equal(reference, tmp_path):
+    """SIGKILL one of two Ray workers once it has written a unit: Ray restarts it,
+    its batch is redone from its shard, and the file equals a one-process run."""
+    module, _, args, _ = ANALYSES["flow"]
+    out = tmp_path / "ray.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", module, *COMMON, *args, "--out", str(out), "--workers", "2"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = None
+    try:
+        deadline = time.time() + 300
+        while killed is None and time.time() < deadline and proc.poll() is None:
+            for shard in tmp_path.glob(".ray.h5.shard*"):
+                try:
+                    done = CacheReader(shard).samples["complete"].sum()
+                except Exception:
+                    continue
+                workers = _ray_workers()
+                if done >= 1 and workers:
+                    killed = workers[0].pid
+                    os.kill(killed, signal.SIGKILL)
+                    break
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert killed is not None, "no worker was seen writing"
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert_same(contents(out), reference["flow"]["a"])

@@ -537,6 +537,15 @@ class CacheReader:
         """The TokenLayout spans of sample i, as written."""
         return json.loads(self._json("layout", i))
 
+    def unit(self, i: int) -> tuple[dict, dict, dict]:
+        """Sample i as ``CacheWriter.write_sample`` took it: ({hook: array}, layout,
+        run metadata); to copy a complete sample from one file into another."""
+        with _open_h5(self.path) as f:
+            if not f["samples/complete"][i]:
+                raise ValueError(f"{self.path}: sample {i} is not complete")
+            arrays = {h: f["acts"][h][i][tuple(slice(0, d) for d in f["acts_shape"][h][i])] for h in f["acts"]}
+            return arrays, json.loads(f["layout"][i].decode()), json.loads(f["samples/run_meta"][i].decode())
+
     def meta(self, i: int) -> dict:
         """Sample i's metadata: the SampleMeta.meta, updated with write_sample's
         meta once the sample is complete."""
