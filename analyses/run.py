@@ -274,21 +274,20 @@ def _shards(target: Path) -> list[Path]:
     return sorted(p for p in target.parent.glob(f".{target.name}.shard*") if p.name.rsplit(".shard", 1)[-1].isdigit())
 
 
-def _merge(w, shards: list[Path], remove: bool = False) -> list[int]:
-    """Copy the complete units of the shard files into the writer ``w`` (the same
-    store, the same identity) -> the units merged; ``remove`` deletes the shards
-    afterwards (their actors are done)."""
+def _merge(w, shards: list[Path], remove: bool = False, units=None) -> list[int]:
+    """Copy the complete units of the shard files (only ``units`` when given)
+    into the writer ``w`` (the same store, the same identity) -> the units
+    merged; ``remove`` deletes the shards afterwards (their actors are done)."""
     from tracing.store import CacheReader
 
     merged = []
     for shard in shards:
         if not shard.exists():
             continue
-        r = CacheReader(shard)
-        for i in np.flatnonzero(r.samples["complete"]):
-            if not w.is_complete(int(i)):
-                w.write_sample(int(i), *r.unit(int(i)))
-                merged.append(int(i))
+        for i, arrays, layout, meta in CacheReader(shard).units(units):
+            if not w.is_complete(i):
+                w.write_sample(i, arrays, layout, meta)
+                merged.append(i)
         if remove:
             shard.unlink()
     return merged
@@ -318,9 +317,9 @@ def _sharded(decl: Declaration, w, target: Path, todo: list[int], job, workers: 
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                pending.pop(ref)
+                b = pending.pop(ref)
                 skipped += [tuple(x) for x in ray.get(ref)]
-                bar.update(len(_merge(w, [_shard(target, k) for k in range(n)])))
+                bar.update(len(_merge(w, [_shard(target, b % n)], units=batches[b])))
         _merge(w, _shards(target), remove=True)
         return skipped
     finally:

@@ -537,14 +537,18 @@ class CacheReader:
         """The TokenLayout spans of sample i, as written."""
         return json.loads(self._json("layout", i))
 
-    def unit(self, i: int) -> tuple[dict, dict, dict]:
-        """Sample i as ``CacheWriter.write_sample`` took it: ({hook: array}, layout,
-        run metadata); to copy a complete sample from one file into another."""
+    def units(self, indices=None):
+        """Complete samples as ``CacheWriter.write_sample`` took them: yields (i,
+        {hook: array}, layout, run metadata) for the given indices (default:
+        every complete one), the file opened once; to copy samples between files."""
         with _open_h5(self.path) as f:
-            if not f["samples/complete"][i]:
-                raise ValueError(f"{self.path}: sample {i} is not complete")
-            arrays = {h: f["acts"][h][i][tuple(slice(0, d) for d in f["acts_shape"][h][i])] for h in f["acts"]}
-            return arrays, json.loads(f["layout"][i].decode()), json.loads(f["samples/run_meta"][i].decode())
+            done = f["samples/complete"][()]
+            idx = np.flatnonzero(done) if indices is None else [i for i in indices if done[i]]
+            acts, shapes = f["acts"], f["acts_shape"]
+            for i in idx:
+                i = int(i)
+                arrays = {h: acts[h][i][tuple(slice(0, d) for d in shapes[h][i])] for h in acts}
+                yield i, arrays, json.loads(f["layout"][i].decode()), json.loads(f["samples/run_meta"][i].decode())
 
     def meta(self, i: int) -> dict:
         """Sample i's metadata: the SampleMeta.meta, updated with write_sample's
