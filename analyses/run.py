@@ -97,8 +97,10 @@ class Prepared:
 
 def engine_options(a, module: str, argv: list[str]) -> dict:
     """The engine's keyword arguments from the shared CLI flags."""
+    # one GPU per actor when the model runs on CUDA (Ray then shows each actor its own device)
+    gpus = 1 if str(a.device).startswith("cuda") and not a.device_map else 0
     return dict(overwrite=a.overwrite, progress=not a.no_progress, workers=a.workers, ray_address=a.ray_address,
-                job=(module, list(argv)))
+                job=(module, list(argv)), gpus_per_worker=gpus)
 
 
 @dataclass
@@ -212,7 +214,8 @@ def _open(decl: Declaration, path: Path, model: str, fingerprint: str, dataset: 
 
 def run(decl: Declaration, out: str | Path, model: str, fingerprint: str, dataset: str,
         overwrite: bool = False, progress: bool = True, log=None, workers: int = 0,
-        ray_address: str | None = None, job: tuple[str, list[str]] | None = None) -> Outcome:
+        ray_address: str | None = None, job: tuple[str, list[str]] | None = None,
+        gpus_per_worker: float = 0) -> Outcome:
     """Compute every pending unit of ``decl`` into the HDF5 file ``out`` (see the
     module docstring). Raises RunError for a file of another run (unless
     ``overwrite``), a second writer, or a file chronolens did not write.
@@ -254,7 +257,7 @@ def run(decl: Declaration, out: str | Path, model: str, fingerprint: str, datase
                     # the units that fix the file's shapes first, here; the rest on the workers
                     skipped = _compute(decl, w, first if w.hooks is None else [], bar)
                     skipped += _sharded(decl, w, target, [i for i in todo if not w.is_complete(i)], job,
-                                        workers, ray_address, bar)
+                                        workers, ray_address, bar, gpus_per_worker)
                 else:
                     skipped = _compute(decl, w, todo, bar)
         if target != out:
@@ -294,7 +297,7 @@ def _merge(w, shards: list[Path], remove: bool = False, units=None) -> list[int]
 
 
 def _sharded(decl: Declaration, w, target: Path, todo: list[int], job, workers: int, ray_address,
-             bar) -> list[tuple[int, str]]:
+             bar, gpus: float = 0) -> list[tuple[int, str]]:
     """The units ``todo`` on Ray actors -> skipped units. Each actor writes its
     own shard file; each finished batch is merged into ``w`` at once, so a
     killed driver loses at most what is in the shards, and a rerun merges
@@ -308,7 +311,7 @@ def _sharded(decl: Declaration, w, target: Path, todo: list[int], job, workers: 
                  log_to_driver=False, configure_logging=False)
     try:
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        actor = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(_Worker)
+        actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=3, max_task_retries=3)(_Worker)
         actors = [actor.remote(*job, str(_shard(target, k)), w.hooks) for k in range(n)]
         size = max(1, min(8, len(todo) // (2 * n) or 1))
         batches = [todo[a:a + size] for a in range(0, len(todo), size)]
