@@ -322,3 +322,17 @@ def test_results_file(tmp_path):
     with pytest.raises(CacheMismatchError, match="kind: 'results'"):
         CacheWriter.open(path, "tiny-test", "fp", "synthetic", {"layers": [1, 2]}, samples)
     assert path.read_bytes() == before
+
+
+def test_a_plain_h5py_reader_opens_a_file_being_written(tmp_path):
+    """A notebook's h5py.File(path, "r"), with HDF5's default file locking, in
+    another process, while a writer has the file open and is writing samples."""
+    path = tmp_path / "open.h5"
+    with open_like_writer(path) as w:
+        acts, layout, meta = W.sample_data(0)
+        w.write_sample(0, acts, layout, meta)
+        code = ("import h5py, sys; f = h5py.File(sys.argv[1], 'r'); "
+                "print(int(f['samples/complete'][()].sum()), f['acts'][sys.argv[2]].shape[0])")
+        out = subprocess.run([sys.executable, "-c", code, str(path), HOOK], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["1", str(W.N)]

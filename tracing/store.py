@@ -148,9 +148,11 @@ def _open_h5(path, mode="r"):
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path}: not an HDF5 file")
     try:
-        if mode == "r":
-            return h5py.File(path, "r", locking=False)
-        return h5py.File(path, mode)
+        # Without HDF5's own file lock, for the writer too: a notebook's plain
+        # h5py.File(path, "r") can then open a file while a run writes it (a
+        # held lock refuses it). Two writers are kept apart by the run engine's
+        # lock beside the file.
+        return h5py.File(path, mode, locking=False)
     except OSError as e:
         if "lock" in str(e):
             raise StoreError(f"{path}: open for writing by another process "
@@ -291,6 +293,35 @@ def _check_samples(samples, path):
 
 # ---------------------------------------------------------------- writing
 
+def _writer_lock(path: Path):
+    """An exclusive lock beside the file for a writer's lifetime: a second writer
+    is refused at once (HDF5's own file lock is off, so that readers can open
+    the file while it is written)."""
+    import fcntl
+
+    lock = path.with_name(f".{path.name}.writer")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"{path}: open for writing by another process (a run still going?); "
+                         "wait for it or use another --out") from None
+    return lock, fd
+
+
+def _unlock(lock) -> None:
+    if lock is None:
+        return
+    import fcntl
+
+    path, fd = lock
+    path.unlink(missing_ok=True)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
 class CacheWriter:
     """Writes one run's activations sample by sample; resumable, kill-safe.
 
@@ -299,8 +330,8 @@ class CacheWriter:
             w.write_sample(i, {hook: array}, layout, meta)
     """
 
-    def __init__(self, path, f, ident, static=None):
-        self.path, self._f, self._ident, self._static = Path(path), f, ident, static
+    def __init__(self, path, f, ident, static=None, lock=None):
+        self.path, self._f, self._ident, self._static, self._lock = Path(path), f, ident, static, lock
         self.n_samples = len(ident["samples"])
         self._limit = int(f.attrs["max_json_bytes"])
 
@@ -324,6 +355,15 @@ class CacheWriter:
             raise ValueError(f"{path}: no samples to write")
         _check_samples(samples, path)
         ident = _identity("cache", model, model_fingerprint, dataset, config, samples, hooks, float16)
+        lock = _writer_lock(path)
+        try:
+            return cls._open(path, ident, max_json_bytes, static, lock)
+        except BaseException:
+            _unlock(lock)
+            raise
+
+    @classmethod
+    def _open(cls, path, ident, max_json_bytes, static, lock):
         if path.exists():
             old = _check_existing(path, ident)
             if old["hooks"] is None and ident["hooks"] is not None:
@@ -331,7 +371,7 @@ class CacheWriter:
             ident["hooks"] = old["hooks"] if ident["hooks"] is None else ident["hooks"]
         else:
             _create(path, ident, datetime.now(timezone.utc).isoformat(), max_json_bytes, static)
-        return cls(path, _open_h5(path, "r+"), ident, static)
+        return cls(path, _open_h5(path, "r+"), ident, static, lock)
 
     @property
     def hooks(self) -> dict | None:
@@ -404,6 +444,8 @@ class CacheWriter:
 
     def close(self):
         self._f.close()
+        _unlock(self._lock)
+        self._lock = None
 
     def __enter__(self):
         return self
