@@ -87,10 +87,10 @@ def main(argv=None):
     acc_s, C_s = np.empty(L), np.empty(L)
     cv_s = None
     for group in np.array_split(np.arange(L), max(1, min(a.rounds, L))):
-        tp, t, c = _timed(lambda: TorchProbe(cv=a.cv, seed=a.seed).fit(Xtr, ytr))
+        tp, t, c = _timed(lambda: TorchProbe(cv=a.cv, random_state=a.seed).fit(Xtr, ytr))
         t_torch.append(t)
         c_torch.append(c)
-        sp, t, c = _timed(lambda: SklearnProbe(cv=a.cv, seed=a.seed).fit(Xtr[group], ytr))
+        sp, t, c = _timed(lambda: SklearnProbe(cv=a.cv, random_state=a.seed).fit(Xtr[group], ytr))
         t_sk += t
         c_sk += c
         acc_s[group], C_s[group] = sp.score(Xte[group], yte), sp.C_

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
@@ -567,12 +568,12 @@ def _standardise(X, dtype, ones: bool):
     return Xs, mean, scale
 
 
-class TorchProbe:
+class TorchProbe(BaseEstimator):
     """Multinomial logistic regression with L2 penalty, all layers fitted as one batched problem.
 
     C: fixed inverse penalty (a float, or one per layer); None chooses it per
     layer from `Cs` by stratified `cv`-fold cross-validation (accuracy) on the
-    training data, folds fixed by `seed`. The C path is walked in increasing
+    training data, folds fixed by `random_state`. The C path is walked in increasing
     order, each step warm-started from the previous one, with every (layer,
     fold) fit of a step in one batch -- the path LogisticRegressionCV walks per
     layer and fold. (At tol 1e-4 a cold start at a weak penalty stops at a
@@ -597,10 +598,10 @@ class TorchProbe:
     """
 
     def __init__(self, C=None, Cs=DEFAULT_CS, cv: int = 3, max_iter: int = 1000, tol: float = 1e-4,
-                 seed: int = 0, device: str = "cpu", dtype=torch.float32, space: str = "auto",
+                 random_state: int = 0, device: str = "cpu", dtype=torch.float32, space: str = "auto",
                  precond_rank: int = 64, layer_batch: int | None = None, max_batch_bytes: float = 2 ** 31):
         self.C, self.Cs, self.cv, self.max_iter, self.tol = C, Cs, cv, max_iter, tol
-        self.seed, self.device, self.dtype = seed, device, dtype
+        self.random_state, self.device, self.dtype = random_state, device, dtype
         self.space, self.precond_rank = space, precond_rank
         self.layer_batch, self.max_batch_bytes = layer_batch, max_batch_bytes
 
@@ -617,7 +618,7 @@ class TorchProbe:
         dual = self.space == "dual" or (self.space == "auto" and N < D)
         if self.C is None:
             self.Cs_ = _sorted_Cs(self.Cs)
-            folds = cv_folds(codes, self.cv, self.seed)
+            folds = cv_folds(codes, self.cv, self.random_state)
         C = None if self.C is None else _C_per_layer(self.C, L)
         per_layer = (N * D + (N * N if dual else N)) * torch.finfo(self.dtype).bits // 8
         step = self.layer_batch or max(1, int(self.max_batch_bytes // per_layer))
@@ -642,12 +643,12 @@ class TorchProbe:
         k = self.precond_rank
         if dual:
             G = _gram(Xs)
-            spectrum = _spectrum_dual(G, D, k, self.seed) if k else None
+            spectrum = _spectrum_dual(G, D, k, self.random_state) if k else None
 
             def make(weights, lam):
                 return _Dual(G, Xs, codes_t, K, weights, lam, spectrum)
         else:
-            spectrum = _spectrum_primal(Xs, k, self.seed) if k else None
+            spectrum = _spectrum_primal(Xs, k, self.random_state) if k else None
 
             def make(weights, lam):
                 return _Primal(Xa[0], codes_t, K, weights, lam, spectrum)
@@ -726,7 +727,7 @@ class TorchProbe:
         return (self.predict(X) == np.asarray(y)[None]).mean(1)
 
 
-class SklearnProbe:
+class SklearnProbe(BaseEstimator):
     """The reference: the same estimator as TorchProbe, as a loop of scikit-learn fits.
 
     Per layer: StandardScaler-style statistics of the training data, then for
@@ -739,8 +740,9 @@ class SklearnProbe:
     """
 
     def __init__(self, C=None, Cs=DEFAULT_CS, cv: int = 3, max_iter: int = 1000, tol: float = 1e-4,
-                 seed: int = 0):
-        self.C, self.Cs, self.cv, self.max_iter, self.tol, self.seed = C, Cs, cv, max_iter, tol, seed
+                 random_state: int = 0):
+        self.C, self.Cs, self.cv, self.max_iter, self.tol = C, Cs, cv, max_iter, tol
+        self.random_state = random_state
 
     def _lr(self, C, warm):
         return LogisticRegression(C=C, solver="lbfgs", max_iter=self.max_iter, tol=self.tol, warm_start=warm)
@@ -754,7 +756,7 @@ class SklearnProbe:
         self.mean_, self.scale_ = np.empty((L, D)), np.empty((L, D))
         self.coef_, self.intercept_ = np.zeros((L, D, K)), np.zeros((L, K))
         self.Cs_ = Cs = _sorted_Cs(self.Cs)
-        folds = cv_folds(codes, self.cv, self.seed) if self.C is None else []
+        folds = cv_folds(codes, self.cv, self.random_state) if self.C is None else []
         self.cv_scores_ = np.empty((L, len(folds), len(Cs)))
         self.n_iter_cv_ = np.zeros((L, len(folds), len(Cs)), dtype=int)
         self.C_ = np.empty(L) if self.C is None else _C_per_layer(self.C, L)

@@ -149,14 +149,29 @@ def test_batched_layers_equal_separate_fits(space, D):
 
 def test_deterministic_given_seed():
     X, y = planted(2, 240, 50, strength=0.4, seed=4)
-    a = TorchProbe(seed=7).fit(X, y)
-    b = TorchProbe(seed=7).fit(X, y)
+    a = TorchProbe(random_state=7).fit(X, y)
+    b = TorchProbe(random_state=7).fit(X, y)
     np.testing.assert_array_equal(a.coef_, b.coef_)
     np.testing.assert_array_equal(a.cv_scores_, b.cv_scores_)
     assert [f[1].tolist() for f in cv_folds(y, 3, 7)] == [f[1].tolist() for f in cv_folds(y, 3, 7)]
     assert [f[1].tolist() for f in cv_folds(y, 3, 7)] != [f[1].tolist() for f in cv_folds(y, 3, 8)]
-    c = TorchProbe(seed=8).fit(X, y)
+    c = TorchProbe(random_state=8).fit(X, y)
     assert not np.array_equal(a.cv_scores_, c.cv_scores_)       # other folds, other CV scores
+
+
+def test_probes_are_scikit_learn_estimators():
+    """get_params / set_params / clone work as for any estimator, and a clone
+    fitted with the same random_state gives the same probe."""
+    from sklearn.base import clone
+
+    X, y = planted(2, 120, 20, strength=0.4, seed=5)
+    for probe in (TorchProbe(C=0.5, cv=4, random_state=3), SklearnProbe(C=0.5, cv=4, random_state=3)):
+        params = probe.get_params()
+        assert params["C"] == 0.5 and params["cv"] == 4 and params["random_state"] == 3
+        twin = clone(probe)
+        assert twin is not probe and twin.get_params() == params and not hasattr(twin, "coef_")
+        assert clone(probe).set_params(random_state=9).random_state == 9
+        np.testing.assert_array_equal(probe.fit(X, y).coef_, twin.fit(X, y).coef_)
 
 
 def test_bad_arguments_are_named():
@@ -216,8 +231,8 @@ def test_metrics_by_hand():
 def test_evaluate_probe_mean_and_std_over_seeds():
     X, y = planted(2, 300, 20, strength=0.5, seed=5)
     Xtr, ytr, Xte, yte = X[:, :200], y[:200], X[:, 200:], y[200:]
-    res = evaluate_probe(lambda s: TorchProbe(seed=s), Xtr, ytr, Xte, yte, seeds=(0, 1, 2))
-    by_hand = np.array([TorchProbe(seed=s).fit(Xtr, ytr).score(Xte, yte) for s in (0, 1, 2)])
+    res = evaluate_probe(lambda s: TorchProbe(random_state=s), Xtr, ytr, Xte, yte, seeds=(0, 1, 2))
+    by_hand = np.array([TorchProbe(random_state=s).fit(Xtr, ytr).score(Xte, yte) for s in (0, 1, 2)])
     np.testing.assert_allclose(res["accuracy"], by_hand)
     np.testing.assert_allclose(res["accuracy_mean"], by_hand.mean(0))
     np.testing.assert_allclose(res["accuracy_std"], by_hand.std(0))

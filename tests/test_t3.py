@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from analyses import t3
+from probes import groups
 from probes.control import control_labels, selectivity
 from tasks.synthetic import COLORS, caption_prompt, render
 from tracing.capture import capture
@@ -81,20 +82,20 @@ def test_probe_accuracy_fits_one_probe_per_question():
     X = np.c_[a, b].astype(float) * 2 - 1 + 0.1 * rng.normal(size=(n, 2))
     y = np.where(g == 0, a, b)
     train = np.arange(n) < n // 2
-    per_q = t3.probe_accuracy(X, y, train, ~train, groups=g, seeds=(0, 1))
-    pooled = t3.probe_accuracy(X, y, train, ~train, groups=None, seeds=(0, 1))
+    per_q = groups.probe_accuracy(X, y, train, ~train, groups=g, seeds=(0, 1))
+    pooled = groups.probe_accuracy(X, y, train, ~train, groups=None, seeds=(0, 1))
     assert per_q.shape == pooled.shape == (2, 1)
     assert per_q.min() == 1.0
     assert pooled.max() < 0.85
     # per-group accuracy is weighted by the group's test count: check against a direct fit
-    for make in (t3.probe_factory(), t3.probe_factory(kind="sklearn")):
+    for make in (groups.probe_factory(), groups.probe_factory(kind="sklearn")):
         ref = []
         for q in (0, 1):
             tr, te = train & (g == q), ~train & (g == q)
             ref.append(make(0).fit(X[tr], y[tr]).predict(X[te])[0] == y[te])
         assert per_q[0, 0] == pytest.approx(np.concatenate(ref).mean())
     with pytest.raises(ValueError, match="probe p1 .*one class"):
-        t3.probe_accuracy(X, np.where(train, 0, y), train, ~train, what="p1")
+        groups.probe_accuracy(X, np.where(train, 0, y), train, ~train, what="p1")
 
 
 def test_control_task_at_chance_without_type_information_and_above_it_with():
@@ -110,8 +111,8 @@ def test_control_task_at_chance_without_type_information_and_above_it_with():
     y = rng.permutation(np.arange(2 * n_types) % K)
     signal = 3 * rng.standard_normal((K, D))
     X = np.stack([signal[y] + rng.standard_normal((2 * n_types, D)) for _ in range(2)])  # two "layers"
-    acc, Cs = t3.probe_accuracy(X, y, train, ~train, seeds=(0, 1), return_C=True)
-    ctrl = t3.control_accuracy(X, types, y, train, ~train, Cs, seeds=(0, 1))
+    acc, Cs = groups.probe_accuracy(X, y, train, ~train, seeds=(0, 1), return_C=True)
+    ctrl = groups.control_accuracy(X, types, y, train, ~train, Cs, seeds=(0, 1))
     assert acc.shape == ctrl.shape == (2, 2)
     assert (acc > 0.9).all()
     # the test-time control labels are independent of the features: within 4 sd
@@ -120,13 +121,13 @@ def test_control_task_at_chance_without_type_information_and_above_it_with():
     np.testing.assert_allclose(acc - ctrl, selectivity(acc, ctrl))
     # the same C per layer and seed as the real probe (a fixed-C factory), labels from control_labels
     yc = control_labels(types, K, seed=1, labels=y)
-    by_hand = t3.probe_factory(C=Cs[0][1])(1).fit(X[:, train], yc[train]).score(X[:, ~train], yc[~train])
+    by_hand = groups.probe_factory(C=Cs[0][1])(1).fit(X[:, train], yc[train]).score(X[:, ~train], yc[~train])
     np.testing.assert_allclose(ctrl[1], by_hand)
 
     embed = rng.standard_normal((n_types, 400))[types]  # the type, readable from the features
     Xt = np.concatenate([X, np.stack([embed, embed])], axis=2)
-    acc_t, Cs_t = t3.probe_accuracy(Xt, y, train, ~train, seeds=(0,), return_C=True)
-    ctrl_t = t3.control_accuracy(Xt, types, y, train, ~train, {0: np.full((1, 2), 10.0)}, seeds=(0,))
+    acc_t, Cs_t = groups.probe_accuracy(Xt, y, train, ~train, seeds=(0,), return_C=True)
+    ctrl_t = groups.control_accuracy(Xt, types, y, train, ~train, {0: np.full((1, 2), 10.0)}, seeds=(0,))
     assert (ctrl_t > 0.8).all(), ctrl_t
     assert (acc_t - ctrl_t < acc[:1] - ctrl[:1]).all()
 
@@ -227,7 +228,7 @@ def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
     # probe numbers refitted by hand from the cache (the run's estimator: the
     # default, torch, at --C 1.0): the projector stage of 'when' (one probe per
     # asked colour) and layer 3 at the last position of 'order'
-    probe = t3.probe_factory(C=1.0)
+    probe = groups.probe_factory(C=1.0)
     task = np.array([x.task for x in samples])
     train = np.array([x.meta["split"] == "train" for x in samples])
     y = np.array([x.answer for x in samples])
@@ -244,8 +245,8 @@ def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
     assert res.probe_last[0, 0, 2 + 3] == pytest.approx(acc)
     # the two probe kinds on the same split, run to convergence: the same point
     X = np.stack([r.acts(t3.key(f"blocks.{l}.hook_resid_post", "last")) for l in range(tiny.n_layers)])
-    tp = t3.probe_factory(C=1.0, tol=1e-9)(0).fit(X[:, tr], y[tr])
-    sp = t3.probe_factory(C=1.0, kind="sklearn", tol=1e-9)(0).fit(X[:, tr], y[tr])
+    tp = groups.probe_factory(C=1.0, tol=1e-9)(0).fit(X[:, tr], y[tr])
+    sp = groups.probe_factory(C=1.0, kind="sklearn", tol=1e-9)(0).fit(X[:, tr], y[tr])
     assert np.abs(tp.predict_proba(X[:, te]) - sp.predict_proba(X[:, te])).max() < 1e-5
     np.testing.assert_array_equal(tp.predict(X[:, te]), sp.predict(X[:, te]))
 
@@ -299,12 +300,14 @@ def test_cli_refuses_another_configuration_and_overwrite_replaces_it(tiny_run, t
         t3.main(args + ["--samples", str(TINY_N), "--C", "0.5"])
     assert str(out) in str(e.value) and "config.C: 1.0 (in file) vs 0.5 (this run)" in str(e.value)
     assert "--overwrite" in str(e.value)
-    # --overwrite of another data configuration that fails after its capture (2 samples per
-    # task cannot be cross-validated): the old files are as they were
-    with pytest.raises(ValueError, match="one class|cv=3"):
+    # --overwrite of a data configuration whose probes cannot be cross-validated (2 samples
+    # per task): refused before anything is computed or written; the old files as they were
+    from analyses.run import UsageError
+
+    with pytest.raises(UsageError, match="raise --samples or lower --cv"):
         t3.main(args + ["--samples", "2", "--overwrite"])
     assert {p: _digest(p) for p in (out, cache)} == before
-    assert t3.beside(out).exists() and t3.beside(cache).exists()  # what the next --overwrite run resumes
+    assert not t3.beside(out).exists() and not t3.beside(cache).exists()
     # --overwrite of another probe configuration: the results replaced, the activations reused
     created = CacheReader(cache).attrs["created"]
     res = t3.main(args + ["--samples", str(TINY_N), "--C", "0.5", "--overwrite"])
@@ -325,7 +328,7 @@ def test_cli_bad_arguments(capsys):
         t3.main(["--model", TINY, "--limit", "5"])
     assert "use --tasks and --samples" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown probe 'lstm'"):
-        t3.probe_factory(kind="lstm")
+        groups.probe_factory(kind="lstm")
     # A --samples value whose probes cannot be cross-validated: refused before the model is loaded.
     from analyses.run import UsageError
     from collections import Counter
@@ -386,7 +389,7 @@ def test_organism_order_unreadable_from_one_frame_readable_from_concatenated_fra
     T = proj.shape[1]
 
     def acc(X, y, train):  # a fixed penalty: cross-validating C would cost 19 fits per probe
-        return float(t3.probe_accuracy(X, y, train, ~train, factory=t3.probe_factory(C=1.0), seeds=(0,))[0, 0])
+        return float(groups.probe_accuracy(X, y, train, ~train, factory=groups.probe_factory(C=1.0), seeds=(0,))[0, 0])
 
     concat = acc(t3.frame_view(proj), y, train)
     # one frame: every frame of every clip as its own sample, its index not given
