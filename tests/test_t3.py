@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from analyses import t3
+from tasks import t3 as t3data
 from probes import groups
 from probes.control import control_labels, selectivity
 from tasks.synthetic import COLORS, caption_prompt, render
@@ -33,7 +34,7 @@ TINY_TASKS, TINY_N, TINY_FRAMES = ["order", "when"], 12, 3
 # ---------------------------------------------------------------- data
 
 def test_samples_balance_questions_and_answers_and_shift_the_test_split():
-    data = t3.t3_dataset(["referring", "order3"], 24, seed=3, n_frames=6, train_shape="square",
+    data = t3data.t3_dataset(["referring", "order3"], 24, seed=3, n_frames=6, train_shape="square",
                          test_shape="circle", test_background="white")
     train = [s for s in data if s.meta["split"] == "train"]
     test = [s for s in data if s.meta["split"] == "test"]
@@ -56,9 +57,9 @@ def test_samples_balance_questions_and_answers_and_shift_the_test_split():
     ids = [s.id for s in data]
     assert len(set(ids)) == len(ids) and ids[0].startswith("train:referring-") and test[0].id.startswith("test:")
     with pytest.raises(ValueError, match="unknown T3 task 'direction'"):
-        t3.t3_samples(["direction"], 2)
+        t3data.t3_samples(["direction"], 2)
     with pytest.raises(ValueError, match="unknown shape 'triangle'"):
-        t3.t3_samples(["order"], 2, shape="triangle")
+        t3data.t3_samples(["order"], 2, shape="triangle")
 
 
 def test_frame_views():
@@ -133,24 +134,24 @@ def test_control_task_at_chance_without_type_information_and_above_it_with():
 
 
 def test_input_type_is_what_is_shown_not_when():
-    data = t3.t3_dataset(["order", "referring"], 24, seed=0, n_frames=6)
+    data = t3data.t3_dataset(["order", "referring"], 24, seed=0, n_frames=6)
     s = next(x for x in data if x.task == "order")
     objs = s.latents["objects"]
-    kind = t3.input_type(s)
+    kind = t3data.input_type(s)
     assert kind.startswith(s.question + "|")
     colours = sorted({o["color"] for f in objs for o in f})
     assert [p.split(":")[0] for p in kind.split("|")[1].split(",")] == colours
     # the same clip with its frames reversed (the other order, other answer) is the same type
     rev = replace(s, latents={**s.latents, "objects": objs[::-1]})
-    assert t3.input_type(rev) == kind
+    assert t3data.input_type(rev) == kind
     # types recur across the split (train squares, test circles) and are not the answer
     for task in ("order", "referring"):
-        tr = {t3.input_type(x) for x in data if x.task == task and x.meta["split"] == "train"}
-        te = {t3.input_type(x) for x in data if x.task == task and x.meta["split"] == "test"}
+        tr = {t3data.input_type(x) for x in data if x.task == task and x.meta["split"] == "train"}
+        te = {t3data.input_type(x) for x in data if x.task == task and x.meta["split"] == "test"}
         assert tr & te
     by_type = {}
     for x in data:
-        by_type.setdefault(t3.input_type(x), set()).add(x.answer)
+        by_type.setdefault(t3data.input_type(x), set()).add(x.answer)
     assert any(len(a) > 1 for a in by_type.values())
 
 
@@ -192,7 +193,7 @@ def test_tiny_run_writes_results_cache_and_figures(tiny_run, tiny):
 
 def test_tiny_run_model_accuracies_match_a_direct_scoring(tiny_run, tiny):
     res, out = tiny_run
-    samples = t3.t3_dataset(TINY_TASKS, TINY_N, 0, TINY_FRAMES, 32)
+    samples = t3data.t3_dataset(TINY_TASKS, TINY_N, 0, TINY_FRAMES, 32)
     test = [s for s in samples if s.meta["split"] == "test"]
     r = CacheReader(out)
     index, _ = r.result("t3/test_index")
@@ -211,7 +212,7 @@ def test_tiny_run_model_accuracies_match_a_direct_scoring(tiny_run, tiny):
 def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
     res, out = tiny_run
     r = CacheReader(out.with_suffix(".acts.h5"))
-    samples = t3.t3_dataset(TINY_TASKS, TINY_N, 0, TINY_FRAMES, 32)
+    samples = t3data.t3_dataset(TINY_TASKS, TINY_N, 0, TINY_FRAMES, 32)
     # cached views equal a direct capture at those positions
     s = samples[3]
     inputs, layout = build_sample_inputs(tiny, s)
@@ -253,7 +254,7 @@ def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
     # the control task: labels a fixed random function of each sample's input
     # type, the same probe (C 1.0), and selectivity = accuracy - control as stored
     rf = CacheReader(out)
-    types = np.array([t3.input_type(x) for x in samples])
+    types = np.array([t3data.input_type(x) for x in samples])
     np.testing.assert_array_equal(rf.result("t3/input_type")[0], types)
     o = task == "order"
     yc = control_labels(types[o], 4, seed=0, labels=y[o])
@@ -333,12 +334,12 @@ def test_cli_bad_arguments(capsys):
     from analyses.run import UsageError
     from collections import Counter
 
-    samples = t3.t3_dataset(["referring"], 24, 0)
+    samples = t3data.t3_dataset(["referring"], 24, 0)
     train = Counter((s.question, s.answer) for s in samples if s.meta["split"] == "train")
     assert min(train.values()) < 3  # the case that crashed after minutes in the probes
     with pytest.raises(UsageError, match="raise --samples or lower --cv"):
         t3.main(["--model", "no-such-model", "--tasks", "referring", "--samples", "24"])
-    t3.check_folds(t3.t3_dataset(["referring"], 96, 0), 3)  # the default passes
+    t3.check_folds(t3data.t3_dataset(["referring"], 96, 0), 3)  # the default passes
 
 
 # ---------------------------------------------------------------- the architecture
