@@ -88,7 +88,7 @@ def preflight(analysis: str, a) -> "Path":
     from tracing.registry import resolve
 
     check_flags(a)
-    out = check_out(default_out(analysis, a), a.overwrite)
+    out = check_out(default_out(analysis, a))
     resolve(a.model)
     return out
 

@@ -113,7 +113,7 @@ class Outcome:
 
 # ---------------------------------------------------------------- the output path
 
-def check_out(out: str | Path, overwrite: bool = False) -> Path:
+def check_out(out: str | Path) -> Path:
     """Refuse, before any compute, an output path that cannot work: its parent is
     a file or not writable, it is a folder, or it is an existing file that
     chronolens did not write (never replaced, even with ``overwrite``). A
@@ -228,7 +228,7 @@ def run(decl: Declaration, out: str | Path, model: str, fingerprint: str, datase
     from tqdm import tqdm
 
     log = log or (lambda m: print(m, file=sys.stderr))
-    out = check_out(out, overwrite)
+    out = check_out(out)
     with _Lock(out):
         target = out
         if out.exists():
