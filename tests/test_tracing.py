@@ -149,6 +149,26 @@ def test_unknown_and_missing_models_fail_clearly(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [empty] and list(empty.iterdir()) == []
 
 
+def test_broken_local_folders_say_what_is_wrong(tmp_path):
+    """A folder with a broken config.json, or a config but no weights: an error
+    about the folder, not an offline download hint."""
+    from tracing.registry import ORGANISM_DIR
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json")
+    with pytest.raises(ModelNotFoundError, match="config.json cannot be read") as e:
+        load_model(str(broken))
+    assert "hf download" not in str(e.value)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (bare / f).write_bytes((ORGANISM_DIR / f).read_bytes())
+    with pytest.raises(ModelNotFoundError, match="no weights") as e:
+        load_model(str(bare))
+    assert "hf download" not in str(e.value)
+
+
 def test_bad_frames_are_refused():
     lm = load_model("tiny-llava-next")
     with pytest.raises(ValueError, match="uint8"):

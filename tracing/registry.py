@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from .families import FAMILIES, Family, family_for, recipe
+from .families import Family, family_for, recipe
 from .preprocess import Recipe
 
 ORGANISM_DIR = Path(__file__).resolve().parent.parent / "organism" / "checkpoint"
@@ -202,7 +202,7 @@ def load_model(
 
 
 def _from_pretrained(name, kind, source, dtype, device_map):
-    local_only = kind == "local" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    local_only = os.environ.get("HF_HUB_OFFLINE") == "1"
     if kind == "local" and not (Path(source) / "config.json").exists():
         if name == "organism":
             raise ModelNotFoundError(
@@ -210,9 +210,11 @@ def _from_pretrained(name, kind, source, dtype, device_map):
                 f"restore it with `git checkout organism/checkpoint` or retrain with `python -m organism.train`"
             )
         raise ModelNotFoundError(f"local folder {source!r} has no config.json: not a Hugging Face checkpoint")
+    if kind == "local":  # a folder here: its own problems, never "download it"
+        return _from_folder(source, dtype, device_map)
     try:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
-    except OSError as e:
+    except OSError:
         if local_only:
             raise _not_found(name, source, "offline") from None
         if not _hub_reachable():
@@ -233,6 +235,28 @@ def _from_pretrained(name, kind, source, dtype, device_map):
     tok = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     return model, tok, _shipped_json(source, "preprocessor_config.json"), \
         _shipped_json(source, "video_preprocessor_config.json")
+
+
+def _from_folder(folder: str, dtype, device_map):
+    """A local checkpoint folder: errors that say what is wrong with it."""
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:  # unreadable JSON, an unknown model_type, ...
+        raise ModelNotFoundError(f"{folder}/config.json cannot be read as a Hugging Face config: "
+                                 f"{str(e).splitlines()[0][:300]}") from None
+    fam = family_for(config.model_type)
+    weights = [p.name for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not weights:
+        raise ModelNotFoundError(f"local folder {folder!r} has a config.json but no weights "
+                                 f"(*.safetensors or *.bin): an incomplete copy?")
+    try:
+        model = getattr(transformers, fam.model_class).from_pretrained(folder, local_files_only=True, dtype=dtype,
+                                                                       device_map=device_map)
+        tok = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except OSError as e:
+        raise ModelNotFoundError(f"local folder {folder!r}: {str(e).splitlines()[0][:300]}") from None
+    return model, tok, _shipped_json(folder, "preprocessor_config.json"), \
+        _shipped_json(folder, "video_preprocessor_config.json")
 
 
 def _shipped_json(source: str, filename: str) -> dict:
