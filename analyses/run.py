@@ -399,15 +399,6 @@ def later_stage(out: str | Path, stage: str, request: dict, compute: Callable[[]
     return True
 
 
-def skipped_units(path: str | Path) -> list[tuple[str, str]]:
-    """(unit id, reason) of every unit a run recorded as skipped."""
-    from tracing.store import CacheReader
-
-    r = CacheReader(path)
-    ids = r.samples["id"]
-    return [(str(ids[i]), r.meta(i)["skipped"]) for i in range(len(ids)) if "skipped" in r.meta(i)]
-
-
 # ---------------------------------------------------------------- the error boundary
 
 def known_errors() -> tuple[type, ...]:
