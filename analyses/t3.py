@@ -34,26 +34,30 @@ temporal property rather than to memorising what the clips show.
 
     python -m analyses.t3 --model organism --samples 96
 
-Capture once, probe many times: activations go to an HDF5 cache (resumable;
---cache), probe and model accuracies to the results file (--out) that
-notebooks/t3.ipynb redraws the figures from. An --out (or --cache) written by
-another configuration is refused, naming the file and what differs;
---overwrite replaces it: the run writes ``<stem>.next.h5`` beside it and moves
-it over the old file only once complete, so a killed run leaves the old file
-as it was (and a rerun with --overwrite resumes the capture beside it). A
-file of this very configuration is resumed.
+One file per run (--out), on the run engine (analyses/run.py): per sample,
+the features at every stage and, for test samples, the model's answers in
+both forms; the run resumes per sample, refuses a file of another
+configuration (naming what differs) and, with --overwrite, replaces it only
+once the new run is complete. The probes are a later stage on those stored
+arrays, with their settings (--C, --cv, --probe, --probe-seeds, --probe-tol)
+recorded beside their results: other probe settings on the same file need
+--overwrite and redo only the probes, not the forward passes.
+notebooks/t3.ipynb redraws the figures from the file.
+
+    from analyses import t3
+    res = t3.run(lm, tasks.t3.t3_dataset(["order"], 96), "cache/t3.h5")   # -> T3Result
+    res = t3.load_results("cache/t3.h5")
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tasks.synthetic import BACKGROUNDS, SHAPES, T3_ASPECTS, T3_TASKS, TASKS, caption_prompt
+from tasks.synthetic import BACKGROUNDS, SHAPES, T3_ASPECTS, T3_TASKS, caption_prompt
 from tasks.t3 import input_type, t3_dataset
 from probes.groups import PROBE_SEEDS, PROBES, control_accuracy, probe_accuracy, probe_factory
 from tasks.types import Sample
@@ -105,60 +109,41 @@ def _features(lm, inputs: dict, layout, hooks: list[str]) -> dict[str, np.ndarra
     return out
 
 
-def _open_cache(lm, samples: list[Sample], path, config: dict, float16: bool = False):
-    """CacheWriter of the T3 cache at path: created, or resumed if it holds
-    this run; CacheMismatchError if another run wrote it."""
-    from tracing.store import CacheWriter
-
-    cfg = {**config, "hooks": t3_hooks(lm), "positions": [FRAMES, LAST]}
-    return CacheWriter.open(path, lm.name, lm.fingerprint, "synthetic-t3", cfg,
-                            [_sample_meta(s) for s in samples], float16=float16)
+FORMS = ("video", "text")  # the model's answer with the video, and with the captions in its place
 
 
-def capture_t3(lm, samples: list[Sample], path, config: dict, float16: bool = False, progress: bool = True):
-    """Stream sample_features of every sample into the HDF5 cache at path
-    (resumes a run with the same model and config; refuses another). -> CacheReader."""
-    from tqdm import tqdm
-
+def declare(lm, samples: list[Sample], config: dict | None = None, float16: bool = False):
+    """T3 as an engine declaration: one unit per sample, its features at every
+    stage (``_features``) and, for a test sample, the model's own answer in
+    both forms: ``<form>_probs`` [K] and ``<form>_pred`` [1] (empty for a
+    training sample). Everything the probes and the accuracies need; the
+    probes are a later stage on the stored arrays (``probe_results``)."""
+    from analyses.run import Declaration
     from tracing.inputs import build_sample_inputs
-    from tracing.store import CacheReader
+    from tracing.scoring import score
 
     hooks = t3_hooks(lm)
-    with _open_cache(lm, samples, path, config, float16) as w:
-        for i in tqdm(w.pending(), desc=f"capture -> {path}", unit="sample", disable=not progress):
-            inputs, layout = build_sample_inputs(lm, samples[i])
-            w.write_sample(i, _features(lm, inputs, layout, hooks), layout.to_dict())
-    return CacheReader(path)
 
+    def compute(i):
+        s = samples[i]
+        inputs, layout = build_sample_inputs(lm, s)
+        arrays = _features(lm, inputs, layout, hooks)
+        test = s.meta["split"] == "test"
+        for form in FORMS:
+            if test:
+                item = (inputs, layout) if form == "video" else build_sample_inputs(lm, s, context=caption_prompt(s))
+                sc = score(lm, [item], 1)
+                arrays[f"{form}_probs"], arrays[f"{form}_pred"] = sc.probs[0], np.asarray(sc.pred[:1])
+            else:
+                arrays[f"{form}_probs"], arrays[f"{form}_pred"] = np.zeros(0), np.zeros(0, dtype=np.int64)
+        return arrays, layout.to_dict(), {}
 
-# ---------------------------------------------------------------- the model's own answers
-
-def model_answers(lm, samples: list[Sample], form: str, batch_size: int = 16, progress: bool = True):
-    """The model's answers to samples -> tracing.scoring.Scores (probs [N, K], pred [N]).
-
-    form: 'video' (frames shown) or 'text' (the per-frame captions in place of
-    the video, the paper's textual test). Inputs are built batch by batch so
-    that memory stays flat in the number of samples.
-    """
-    from tqdm import tqdm
-
-    from tracing.inputs import build_sample_inputs
-    from tracing.scoring import Scores, score
-
-    if form not in ("video", "text"):
-        raise ValueError(f"form={form!r}: expected 'video' or 'text'")
-    probs, preds = [], []
-    k = max(len(s.options) for s in samples)
-    for b0 in tqdm(range(0, len(samples), batch_size), desc=f"model answers ({form})", unit="batch",
-                   disable=not progress):
-        chunk = samples[b0: b0 + batch_size]
-        items = [build_sample_inputs(lm, s, context=caption_prompt(s) if form == "text" else None) for s in chunk]
-        sc = score(lm, items, batch_size)
-        p = np.full((len(chunk), k), np.nan)
-        p[:, : sc.probs.shape[1]] = sc.probs
-        probs.append(p)
-        preds.append(sc.pred)
-    return Scores(np.concatenate(probs), np.concatenate(preds))
+    # A test sample with the most options first: it fixes the stored shapes.
+    tests = [i for i, s in enumerate(samples) if s.meta["split"] == "test"] or [0]
+    first = max(tests, key=lambda i: len(samples[i].options))
+    cfg = {**(config or {}), "hooks": hooks, "positions": [FRAMES, LAST]}
+    return Declaration("t3", cfg, [_sample_meta(s) for s in samples], compute, float16=float16, order=[first],
+                       describe="T3 features and answers")
 
 
 # ---------------------------------------------------------------- probing
@@ -312,45 +297,66 @@ def run_probes(reader, n_layers: int, factory=None, seeds=PROBE_SEEDS, progress:
     return {"tasks": tasks, **out}
 
 
-def model_accuracy(samples: list[Sample], pred: np.ndarray, tasks: list[str]) -> np.ndarray:
-    """Accuracy per task [T] of predictions pred [N] for samples [N]."""
-    task = np.array([s.task for s in samples])
-    ok = np.array([s.answer for s in samples]) == np.asarray(pred)
-    return np.array([ok[task == t].mean() for t in tasks])
+def model_accuracy(task: np.ndarray, label: np.ndarray, pred: np.ndarray, tasks: list[str]) -> np.ndarray:
+    """Accuracy per task [T] of predictions pred [N] against label [N]."""
+    ok = np.asarray(label) == np.asarray(pred)
+    return np.array([ok[np.asarray(task) == t].mean() for t in tasks])
 
 
-# ---------------------------------------------------------------- results file
+# ---------------------------------------------------------------- results
 
 _ARRAYS = ("probe_frames", "probe_last", "video_acc", "text_acc", "chance", "n_test")
 _CONTROL = ("control_frames", "control_last", "selectivity_frames", "selectivity_last")
+PROBE_ARGS = ("C", "cv", "probe", "probe_seeds", "probe_tol")  # the probe stage's request
 
 
-def write_results(rf, res: T3Result, extra: dict | None = None) -> None:
-    """Store res in a tracing.store.ResultsFile under /results/t3/ (and extra
-    arrays {name: array} next to it), overwriting an earlier run's. The
-    selectivity arrays are stored too, for readers other than load_results."""
-    axes = {"model": res.model, "tasks": res.tasks, "stages": res.stages, "seeds": res.seeds}
-    for name in _ARRAYS + _CONTROL:
-        rf.write_result(f"t3/{name}", getattr(res, name), axes, overwrite=True)
-    for name, arr in (extra or {}).items():
-        rf.write_result(f"t3/{name}", arr, axes, overwrite=True)
+def probe_results(path, n_layers: int, request: dict, types: list[str], device: str = "cpu",
+                  progress: bool = True) -> dict:
+    """The probes and the model's accuracies from the per-unit arrays of a
+    complete T3 file (no model needed) -> {name: (array, axes attrs)}, stored
+    by the engine under /results/t3/. ``request``: PROBE_ARGS' values;
+    ``types``: every sample's input type (``tasks.t3.input_type``), for the
+    control tasks."""
+    from analyses.run import stored
+    from tracing.store import CacheReader
+
+    reader = CacheReader(path)
+    seeds = list(range(request["probe_seeds"]))
+    factory = probe_factory(request["C"], request["cv"], request["probe"], device, request["probe_tol"])
+    probes = run_probes(reader, n_layers, factory, seeds, progress, types)
+    names = probes.pop("tasks")
+    s = reader.samples
+    split = np.array([reader.meta(i)["split"] for i in range(reader.n_samples)])
+    test = np.flatnonzero(split == "test")
+    task, label = np.asarray(s["task"]).astype(str)[test], np.asarray(s["label"])[test]
+    n_options = {t: len(reader.meta(i)["options"]) for i, t in zip(test, task)}
+    res = {"tasks": names, **probes, "chance": np.array([1 / n_options[t] for t in names]),
+           "n_test": np.array([(task == t).sum() for t in names])}
+    extra = {"test_index": test, "input_type": np.array(types, dtype=str)}
+    for form in FORMS:
+        pred = stored(path, f"{form}_pred", fill=-1)[test, 0]
+        res[f"{form}_acc"] = model_accuracy(task, label, pred, names)
+        extra[f"{form}_pred"], extra[f"{form}_probs"] = pred, stored(path, f"{form}_probs")[test]
+    res["selectivity_frames"] = res["probe_frames"] - res["control_frames"]
+    res["selectivity_last"] = res["probe_last"] - res["control_last"]
+    axes = {"model": reader.attrs.get("model"), "tasks": names, "stages": stage_names(n_layers), "seeds": seeds}
+    return {name: (res[name], axes) for name in _ARRAYS + _CONTROL} | {n: (a, axes) for n, a in extra.items()}
 
 
 def load_results(path) -> T3Result:
-    """The T3Result stored in the results file at path."""
+    """The T3Result stored in the file at path (its config: the run's
+    configuration and the probe request)."""
     from tracing.store import CacheReader
 
     r = CacheReader(path)
-    if "t3/probe_frames" not in r.results():
+    if "t3/request" not in r.results():
         raise KeyError(f"{path}: no T3 results (it holds {r.results()}); run python -m analyses.t3 first")
     arrays = {}
-    for name in _ARRAYS:
+    for name in _ARRAYS + _CONTROL[:2]:
         arrays[name], axes = r.result(f"t3/{name}")
-    for name in _CONTROL[:2]:  # absent from files written before control tasks: NaN
-        if f"t3/{name}" in r.results():
-            arrays[name] = r.result(f"t3/{name}")[0]
-    return T3Result(model=axes["model"], tasks=axes["tasks"], stages=axes["stages"], seeds=axes["seeds"],
-                    config=r.config, **arrays)
+    config = {**r.config, **r.result("t3/request")[1]}
+    return T3Result(model=axes["model"], tasks=list(axes["tasks"]), stages=list(axes["stages"]),
+                    seeds=list(axes["seeds"]), config=config, **arrays)
 
 
 # ---------------------------------------------------------------- figures
@@ -449,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
         elif act.dest == "frames":
             act.help = "frames rendered per clip"
         elif act.dest == "out":
-            act.help = "HDF5 results file that notebooks/t3.ipynb reads; None: cache/t3-<model>-synthetic.h5"
+            act.help = ("HDF5 file of the run (features, answers, probe results) that notebooks/t3.ipynb reads; "
+                        "None: cache/t3-<model>-synthetic.h5")
     ap.set_defaults(limit=None, data_dir=None)
     ap.add_argument("--samples", type=int, default=96,
                     help="samples per task and split (a multiple of 12 balances every question and answer)")
@@ -476,45 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--probe", default="torch", choices=PROBES,
                     help="probe implementation: torch (all layers in one batched fit, on --device) or sklearn "
                          "(the reference, a loop of scikit-learn fits); the same estimator")
-    ap.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass when scoring answers")
     ap.add_argument("--float16", action="store_true", help="store cached activations as float16")
-    ap.add_argument("--cache", default=None,
-                    help="HDF5 activation cache, resumed if it exists; None: --out with .acts.h5")
     return ap
-
-
-def beside(path: Path) -> Path:
-    """Where an --overwrite run writes until it completes: <stem>.next<suffix>."""
-    return path.with_name(f"{path.stem}.next{path.suffix}")
-
-
-def writable(path: Path, open_file, overwrite: bool) -> Path:
-    """The file to write instead of path, decided before any compute.
-
-    open_file(p) creates p or reopens it, raising CacheMismatchError when p
-    holds another run. path itself when it is new or holds this very run (to
-    resume); with overwrite and path holding another run, beside(path),
-    resumed if an earlier --overwrite run of this configuration was killed
-    there, started afresh if one of yet another was; the caller moves it over
-    path once complete. Without overwrite such a path is refused: SystemExit
-    naming the file and what differs.
-    """
-    from tracing.store import CacheMismatchError
-
-    try:
-        open_file(path)
-        return path
-    except CacheMismatchError as err:
-        if not overwrite:
-            raise SystemExit(f"error: {err}\nor pass --overwrite to replace it (the old file stays until the "
-                             "new run completes)") from None
-    nxt = beside(path)
-    try:
-        open_file(nxt)
-    except CacheMismatchError:
-        nxt.unlink()
-        open_file(nxt)
-    return nxt
 
 
 def check_folds(samples: list[Sample], cv: int) -> None:
@@ -537,76 +507,91 @@ def check_folds(samples: list[Sample], cv: int) -> None:
                              f"samples of one answer, fewer than --cv {cv} folds; raise --samples or lower --cv")
 
 
-def main(argv=None) -> T3Result:
-    from analyses.cli import default_out, figures_dir, load_from_args, run_config
-    from tracing.store import ResultsFile
+def prepare(argv):
+    """The CLI arguments -> run.Prepared (model, declaration, dataset), in the
+    driver and in every Ray worker. Checked before anything loads, in order:
+    the flags, the output path, the model's name, then the data (whether
+    its probes can be cross-validated)."""
+    from analyses.cli import load_from_args, preflight
+    from analyses.run import Prepared, UsageError
 
-    ap = build_parser()
-    a = ap.parse_args(argv)
+    a = build_parser().parse_args(argv)
     if a.dataset != "synthetic" or a.data_dir is not None or a.limit is not None:
-        ap.error("T3 runs on its own synthetic tasks: use --tasks and --samples, not --dataset/--data-dir/--limit")
-    from analyses.cli import check_flags
-
-    check_flags(a)
+        raise UsageError("T3 runs on its own synthetic tasks: use --tasks and --samples, not "
+                         "--dataset/--data-dir/--limit")
     tasks = a.tasks.split(",") if a.tasks else list(T3_TASKS)
     bad = [t for t in tasks if t not in T3_TASKS]
     if bad:
-        ap.error(f"unknown T3 task(s) {bad}; T3 tasks: {', '.join(T3_TASKS)}")
+        raise UsageError(f"--tasks: unknown T3 task(s) {bad}; T3 tasks: {', '.join(T3_TASKS)}")
     if a.samples < 2:
-        ap.error(f"--samples {a.samples}: need at least 2 per task")
-    progress = not a.no_progress
-
-    out = Path(default_out("t3", a))
-    cache = Path(a.cache) if a.cache else out.with_suffix(".acts.h5")
-    figures = figures_dir(a, out)
+        raise UsageError(f"--samples {a.samples}: need at least 2 per task")
+    if a.probe_seeds < 1:
+        raise UsageError(f"--probe-seeds {a.probe_seeds}: need at least 1")
+    out = preflight("t3", a)
     shape = {"any": None}
-    # The results file's identity: what changes the numbers (not paths, batch size or progress bars).
-    config = {k: v for k, v in run_config(a).items() if k not in ("no_progress", "figures", "cache", "batch_size")}
     samples = t3_dataset(tasks, a.samples, a.seed, a.frames, a.size, a.train_background, a.test_background,
                          shape.get(a.train_shape, a.train_shape), shape.get(a.test_shape, a.test_shape))
     if a.C is None:  # C is chosen by cross-validation only then
         check_folds(samples, a.cv)
     lm = load_from_args(a)
-    # Both files are checked before the long part, so that one of another run is refused at once.
-    metas = [_sample_meta(s) for s in samples]
-    rf_path = writable(out, lambda p: ResultsFile.open(p, lm.name, lm.fingerprint, "synthetic-t3", config, metas),
-                       a.overwrite)
-    rf = ResultsFile(rf_path)
+    # What changes the stored arrays; the probe settings are the probe stage's request.
     data_cfg = {"tasks": tasks, "samples": a.samples, "seed": a.seed, "frames": a.frames, "size": a.size,
                 "train_background": a.train_background, "test_background": a.test_background,
                 "train_shape": a.train_shape, "test_shape": a.test_shape, "dtype": a.dtype}
-    cache_path = writable(cache, lambda p: _open_cache(lm, samples, p, data_cfg, a.float16).close(),
-                          a.overwrite)
+    if a.video_pixels:
+        data_cfg["video_pixels"] = list(a.video_pixels)
+    a.samples_list = samples
+    return Prepared(lm, declare(lm, samples, data_cfg, a.float16), "synthetic-t3", a, out)
 
-    reader = capture_t3(lm, samples, cache_path, data_cfg, a.float16, progress)
-    seeds = list(range(a.probe_seeds))
+
+def probe_request(a) -> dict:
+    return {k: getattr(a, k) for k in PROBE_ARGS}
+
+
+def finish(lm, out, samples: list[Sample], request: dict, device: str = "cpu", overwrite: bool = False,
+           progress: bool = True) -> T3Result:
+    """The probe stage on a complete file (skipped when it holds this
+    request's results; another request needs ``overwrite``) -> T3Result."""
+    from analyses.run import later_stage
+
     types = [input_type(s) for s in samples]
-    factory = probe_factory(a.C, a.cv, a.probe, a.device, a.probe_tol)
-    probes = run_probes(reader, lm.n_layers, factory, seeds, progress, types)
-    names = probes.pop("tasks")
+    later_stage(out, "t3", request,
+                lambda: probe_results(out, lm.n_layers, request, types, device, progress), overwrite=overwrite)
+    return load_results(out)
 
-    test = [s for s in samples if s.meta["split"] == "test"]
-    video = model_answers(lm, test, "video", a.batch_size, progress)
-    text = model_answers(lm, test, "text", a.batch_size, progress)
-    res = T3Result(
-        model=lm.name, tasks=names, stages=stage_names(lm.n_layers), seeds=seeds, **probes,
-        video_acc=model_accuracy(test, video.pred, names), text_acc=model_accuracy(test, text.pred, names),
-        chance=np.array([1 / len(TASKS[t].options) for t in names]),
-        n_test=np.array([sum(s.task == t for s in test) for t in names]),
-        config=config,
-    )
-    index = np.array([i for i, s in enumerate(samples) if s.meta["split"] == "test"])
-    write_results(rf, res, {"test_index": index, "video_probs": video.probs, "video_pred": video.pred,
-                            "text_probs": text.probs, "text_pred": text.pred,
-                            "input_type": np.array(types, dtype=str)})
-    for done, final in ((cache_path, cache), (rf_path, out)):  # the results last: they need the cache
-        if done != final:
-            os.replace(done, final)
-    paths = save_figures(res, figures)
+
+def run(lm, samples: list[Sample], out, C: float | None = None, cv: int = 3, probe: str = "torch",
+        probe_seeds: int = len(PROBE_SEEDS), probe_tol: float = 1e-6, config: dict | None = None,
+        float16: bool = False, device: str = "cpu", overwrite: bool = False, progress: bool = True) -> T3Result:
+    """T3 on ``samples`` (``tasks.t3.t3_dataset``) into the HDF5 file ``out``:
+    features and answers per sample on the run engine (resumable; another
+    configuration refused unless ``overwrite``), then the probes. The probes
+    can be redone with other settings on the same file (``overwrite``)
+    without the model's forward passes. -> T3Result (``load_results(out)``)."""
+    from analyses import run as engine
+
+    engine.run(declare(lm, samples, config, float16), out, lm.name, lm.fingerprint, "synthetic-t3",
+               overwrite=overwrite, progress=progress)
+    request = {"C": C, "cv": cv, "probe": probe, "probe_seeds": probe_seeds, "probe_tol": probe_tol}
+    return finish(lm, out, samples, request, device, overwrite, progress)
+
+
+def main(argv=None) -> T3Result:
+    from analyses import run as engine
+    from analyses.cli import figures_dir
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = prepare(argv)
+    a = p.args
+    engine.run(p.decl, p.out, p.lm.name, p.lm.fingerprint, p.dataset, **engine.engine_options(a, "analyses.t3", argv))
+    res = finish(p.lm, p.out, a.samples_list, probe_request(a), a.device, a.overwrite, not a.no_progress)
+    paths = save_figures(res, figures_dir(a, p.out))
     print(res.table())
-    print(f"wrote {out} (results), {cache} (activations), {', '.join(paths)}", file=sys.stderr)
+    print(f"wrote {p.out}, {', '.join(paths)}", file=sys.stderr)
     return res
 
 
 if __name__ == "__main__":
-    main()
+    from analyses.run import cli_boundary
+
+    raise SystemExit(cli_boundary(main)())

@@ -211,7 +211,7 @@ def test_tiny_run_model_accuracies_match_a_direct_scoring(tiny_run, tiny):
 
 def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
     res, out = tiny_run
-    r = CacheReader(out.with_suffix(".acts.h5"))
+    r = CacheReader(out)
     samples = t3data.t3_dataset(TINY_TASKS, TINY_N, 0, TINY_FRAMES, 32)
     # cached views equal a direct capture at those positions
     s = samples[3]
@@ -289,56 +289,58 @@ def _digest(path: Path) -> str:
 def test_cli_refuses_another_configuration_and_overwrite_replaces_it(tiny_run, tmp_path, capsys):
     import shutil
 
+    from analyses.run import RunError, UsageError
+
     _, src = tiny_run
-    out, cache = tmp_path / "t3.h5", tmp_path / "t3.acts.h5"
+    out = tmp_path / "t3.h5"
     shutil.copy(src, out)
-    shutil.copy(src.with_suffix(".acts.h5"), cache)
-    before = {p: _digest(p) for p in (out, cache)}
+    before = _digest(out)
     args = ["--model", TINY, "--tasks", ",".join(TINY_TASKS), "--frames", str(TINY_FRAMES), "--probe-seeds", "1",
             "--no-progress", "--out", str(out)]
-    # another configuration: refused, naming the file and what differs; nothing touched
-    with pytest.raises(SystemExit) as e:
+    # other probe settings: refused, naming the file and what differs; nothing touched
+    with pytest.raises(RunError) as e:
         t3.main(args + ["--samples", str(TINY_N), "--C", "0.5"])
-    assert str(out) in str(e.value) and "config.C: 1.0 (in file) vs 0.5 (this run)" in str(e.value)
-    assert "--overwrite" in str(e.value)
+    assert str(out) in str(e.value) and "C: 1.0 (in file) vs 0.5 (this run)" in str(e.value)
+    assert "--overwrite" in str(e.value) and _digest(out) == before
+    # another data configuration: refused the same way
+    with pytest.raises(RunError, match="config.seed: 0 .in file. vs 1 .this run."):
+        t3.main(args + ["--samples", str(TINY_N), "--C", "1.0", "--seed", "1"])
     # --overwrite of a data configuration whose probes cannot be cross-validated (2 samples
-    # per task): refused before anything is computed or written; the old files as they were
-    from analyses.run import UsageError
-
+    # per task): refused before anything is computed or written; the old file as it was
     with pytest.raises(UsageError, match="raise --samples or lower --cv"):
         t3.main(args + ["--samples", "2", "--overwrite"])
-    assert {p: _digest(p) for p in (out, cache)} == before
-    assert not t3.beside(out).exists() and not t3.beside(cache).exists()
-    # --overwrite of another probe configuration: the results replaced, the activations reused
-    created = CacheReader(cache).attrs["created"]
+    assert _digest(out) == before and not list(tmp_path.glob("*.next")) and not list(tmp_path.glob(".*"))
+    # --overwrite of other probe settings: the probes redone on the stored arrays, which are kept
+    r0 = CacheReader(out)
+    created, acts = r0.attrs["created"], r0.acts("blocks.2.hook_resid_post@last")
     res = t3.main(args + ["--samples", str(TINY_N), "--C", "0.5", "--overwrite"])
     r = CacheReader(out)
-    assert r.config["C"] == 0.5 and "overwrite" not in r.config and not t3.beside(out).exists()
+    assert t3.load_results(out).config["C"] == 0.5 and "overwrite" not in r.config
     np.testing.assert_array_equal(r.result("t3/probe_last")[0], res.probe_last)
-    assert CacheReader(cache).attrs["created"] == created and _digest(cache) == before[cache]
-    # the same configuration again: resumed, not refused
-    t3.main(args + ["--samples", str(TINY_N), "--C", "0.5"])
-    assert CacheReader(out).config["C"] == 0.5
+    assert r.attrs["created"] == created
+    np.testing.assert_array_equal(r.acts("blocks.2.hook_resid_post@last"), acts)
+    # the same configuration again: nothing recomputed, not refused
+    again = t3.main(args + ["--samples", str(TINY_N), "--C", "0.5"])
+    np.testing.assert_array_equal(again.probe_last, res.probe_last)
 
 
 def test_cli_bad_arguments(capsys):
-    with pytest.raises(SystemExit):
-        t3.main(["--model", TINY, "--tasks", "order,direction"])
+    from analyses.run import UsageError, cli_boundary
+
+    assert cli_boundary(t3.main)(["--model", TINY, "--tasks", "order,direction"]) == 2
     assert "unknown T3 task(s) ['direction']" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        t3.main(["--model", TINY, "--limit", "5"])
+    assert cli_boundary(t3.main)(["--model", TINY, "--limit", "5"]) == 2
     assert "use --tasks and --samples" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown probe 'lstm'"):
         groups.probe_factory(kind="lstm")
     # A --samples value whose probes cannot be cross-validated: refused before the model is loaded.
-    from analyses.run import UsageError
-    from collections import Counter
 
     samples = t3data.t3_dataset(["referring"], 24, 0)
     train = Counter((s.question, s.answer) for s in samples if s.meta["split"] == "train")
     assert min(train.values()) < 3  # the case that crashed after minutes in the probes
     with pytest.raises(UsageError, match="raise --samples or lower --cv"):
-        t3.main(["--model", "no-such-model", "--tasks", "referring", "--samples", "24"])
+        # a well-formed hub id that is not on this machine: its load would fail, it is never reached
+        t3.main(["--model", "nobody/nothing", "--tasks", "referring", "--samples", "24"])
     t3.check_folds(t3data.t3_dataset(["referring"], 96, 0), 3)  # the default passes
 
 
