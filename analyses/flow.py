@@ -54,14 +54,14 @@ is refused (the error names the differing settings) unless --overwrite, which
 writes beside the file and swaps the new one in when it completes. Pathways of
 another request are refused unless --overwrite, which keeps the flow maps.
 
-Figures (PNG + PDF) are drawn from the file; notebooks/flow.ipynb redraws them.
+Figures (PNG + PDF) and tables are drawn from the file (analyses/flow_figures.py);
+notebooks/flow.ipynb redraws them.
 """
 from __future__ import annotations
 
 import argparse
 import re
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -287,186 +287,6 @@ def run(lm, samples, out, edge_names=DEFAULT_EDGES, k: int | None = None, sample
     return load_results(done.path)
 
 
-# ---------------------------------------------------------------- figures and table
-
-def _legend(fig, axes, title):
-    h, lab = axes[0].get_legend_handles_labels()
-    fig.tight_layout()
-    fig.legend(h, lab, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(lab), 4), fontsize=8,
-               title=title, title_fontsize=9)
-
-
-def plot_flow(res: dict, metric: str = "flow"):
-    """% change in probability against layer, one panel per task (kept samples
-    only), one line (mean, 95% band) per edge type, legend above."""
-    from analyses.plots import COLORS, band, panels
-
-    tasks = res["tasks"]
-    fig, axes = panels(len(tasks))
-    L = next(iter(res[metric].values())).shape[1]
-    x = np.arange(1, L + 1)
-    for ax, t in zip(axes, tasks):
-        rows = (res["task"] == t) & res["kept"]
-        ax.axhline(0, color="0.5", lw=0.8)
-        for j, e in enumerate(res["edges"]):
-            if rows.any():
-                band(ax, x, res[metric][e][rows], EDGE_LABELS.get(e, e), COLORS[j % len(COLORS)])
-            else:
-                ax.plot([], [], color=COLORS[j % len(COLORS)], label=EDGE_LABELS.get(e, e))
-        ax.set_title(f"{t} (n={int(rows.sum())})")
-        ax.set_xlabel("layer (window centre)")
-        ax.set_ylabel("% change in probability")
-        ax.set_xticks(x)
-    what = "ground truth" if metric == "flow" else "model's answer"
-    _legend(fig, axes, f"Attention knockout ({what}), window k={res['k']}: {res.get('model', '')}")
-    return fig
-
-
-def plot_accuracy(res: dict):
-    """Accuracy after knockout against layer (window centre), one panel per
-    task (kept samples, from /results/flow_correct), one line (mean, 95% band)
-    per edge type; the clean accuracy of the same samples dashed grey."""
-    from analyses.plots import COLORS, band, panels
-
-    tasks = res["tasks"]
-    fig, axes = panels(len(tasks))
-    L = next(iter(res["flow_correct"].values())).shape[1]
-    x = np.arange(1, L + 1)
-    for ax, t in zip(axes, tasks):
-        rows = (res["task"] == t) & res["kept"]
-        if rows.any():
-            clean = float((res["pred"][rows] == res["label"][rows]).mean())
-            ax.axhline(clean, color="0.5", lw=0.8, ls="--", label="no knockout")
-        for j, e in enumerate(res["edges"]):
-            if rows.any():
-                band(ax, x, res["flow_correct"][e][rows], EDGE_LABELS.get(e, e), COLORS[j % len(COLORS)])
-            else:
-                ax.plot([], [], color=COLORS[j % len(COLORS)], label=EDGE_LABELS.get(e, e))
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_title(f"{t} (n={int(rows.sum())})")
-        ax.set_xlabel("layer (window centre)")
-        ax.set_ylabel("accuracy after knockout")
-        ax.set_xticks(x)
-    _legend(fig, axes, f"Accuracy after attention knockout, window k={res['k']}: {res.get('model', '')}")
-    return fig
-
-
-def _pathway_rows(res: dict):
-    """(group, n, full, pathways, random mean, random sd, share) per task and
-    for all samples, from the stored per-sample pathway results."""
-    pw = res["pathways"]
-    groups = [(t, res["task"] == t) for t in res["tasks"]] + [("all", np.ones(len(res["task"]), bool))]
-    rc = np.asarray(pw["random_correct"], dtype=float).reshape(-1, len(res["task"]))
-    out = []
-    for g, m in groups:
-        if not m.any():
-            continue
-        r = rc[:, m].mean(1) if len(rc) else np.array([np.nan])
-        out.append((g, int(m.sum()), float(pw["clean_correct"][m].mean()), float(pw["correct"][m].mean()),
-                    float(np.mean(r)), float(np.std(r)) if len(r) > 1 else 0.0, float(pw["edge_share"][m].mean())))
-    return out
-
-
-def plot_pathways(res: dict):
-    """Accuracy of the full model, with the effective pathways only, and with
-    the same number of random edges cut (mean and sd over seeds), per task."""
-    from analyses.plots import COLORS, panels
-
-    rows = _pathway_rows(res)
-    fig, axes = panels(1, width=max(4.0, 0.9 * len(rows) + 1.5), height=2.6)
-    ax = axes[0]
-    x = np.arange(len(rows))
-    w = 0.27
-    full = [r[2] for r in rows]
-    pw = [r[3] for r in rows]
-    rnd, sd = [r[4] for r in rows], [r[5] for r in rows]
-    ax.bar(x - w, full, w, color=COLORS[0], label="full model")
-    ax.bar(x, pw, w, color=COLORS[2], label="effective pathways")
-    ax.bar(x + w, rnd, w, yerr=sd, color=COLORS[1], label="random edges cut", capsize=2)
-    ax.set_xticks(x, [f"{r[0]}\n{100 * r[6]:.0f}% kept" for r in rows], fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
-    attrs = res["pathways"]["attrs"]
-    _legend(fig, axes, f"Effective pathways {attrs.get('pathways', '')}: {res.get('model', '')}")
-    return fig
-
-
-def plot_layerwise(res: dict):
-    """Layer-wise probability of the true vs false option letters at the last
-    position, one panel per task (all samples), without and with the final norm."""
-    from analyses.plots import COLORS, band, panels
-
-    lw, tasks = res["layerwise"], res["tasks"]
-    fig, axes = panels(len(tasks))
-    L = lw["true"].shape[1]
-    x = np.arange(1, L + 1)
-    for ax, t in zip(axes, tasks):
-        rows = res["task"] == t
-        band(ax, x, lw["true"][rows], "true option", COLORS[0])
-        band(ax, x, lw["false"][rows], "false options (mean)", COLORS[1])
-        band(ax, x, lw["true_norm"][rows], "true option, final norm", COLORS[2])
-        band(ax, x, lw["false_norm"][rows], "false options, final norm", COLORS[3])
-        ax.set_title(t)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("probability")
-        ax.set_xticks(x)
-    _legend(fig, axes, f"Layer-wise answer probability: {res.get('model', '')}")
-    return fig
-
-
-def save_figures(res: dict, folder) -> list[str]:
-    from analyses.plots import save
-
-    folder = Path(folder)
-    paths = save(plot_flow(res, "flow"), folder / "flow") + save(plot_flow(res, "flow_answer"), folder / "flow_answer")
-    paths += save(plot_accuracy(res), folder / "flow_acc")
-    if "layerwise" in res:
-        paths += save(plot_layerwise(res), folder / "layerwise")
-    if "pathways" in res:
-        paths += save(plot_pathways(res), folder / "pathways")
-    return paths
-
-
-def table(res: dict) -> str:
-    """Per task: n kept, clean accuracy, and per edge type the most negative
-    mean % change (ground truth) and its layer (1-indexed window centre)."""
-    edges = res["edges"]
-    head = f"{'task':<16}{'n':>4}{'acc':>6}" + "".join(f"{e[:18]:>22}" for e in edges)
-    rows = [head, " " * 26 + "".join(f"{'min %chg @layer':>22}" for _ in edges)]
-    for t in res["tasks"]:
-        m = res["task"] == t
-        kr = m & res["kept"]
-        acc = float((res["pred"][m] == res["label"][m]).mean())
-        cells = ""
-        for e in edges:
-            if kr.any():
-                mean = np.nanmean(res["flow"][e][kr], 0)
-                l = int(np.argmin(mean))
-                cells += f"{f'{mean[l]:.1f} @{l + 1}':>22}"
-            else:
-                cells += f"{'-':>22}"
-        rows.append(f"{t:<16}{int(kr.sum()):>4}{100 * acc:6.1f}{cells}")
-    rows.append(f"clean accuracy (all samples): {100 * res['accuracy']:.1f}%; kept {int(res['kept'].sum())}")
-    return "\n".join(rows)
-
-
-def pathways_table(res: dict) -> str:
-    """Full -> pathways -> random accuracy and the share of edges kept, per
-    task and over all samples."""
-    pw = res["pathways"]
-    a = pw["attrs"]
-    how = (f"found by --find-pathways (tolerance {a['tolerance']} points, threshold {a['threshold']}%"
-           f"{'' if a.get('within_tolerance', True) else '; NOT within tolerance'})"
-           if a.get("find") else "given")
-    n_seeds = len(a.get("seeds", []))
-    lines = [f"effective pathways {a['pathways']} (1-indexed, inclusive; {how})",
-             f"{'task':<16}{'n':>4}{'full':>8}{'pathways':>10}{f'random ({n_seeds} seeds)':>24}{'edges kept':>12}"]
-    for g, n, full, p, rm, rsd, share in _pathway_rows(res):
-        rnd = f"{100 * rm:.1f} +- {100 * rsd:.1f}" if n_seeds else "-"
-        lines.append(f"{g:<16}{n:>4}{100 * full:8.1f}{100 * p:10.1f}{rnd:>24}{100 * share:11.1f}%")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- CLI
 
 def parse_edges(spec: str) -> list[str]:
@@ -640,6 +460,7 @@ def prepare(argv):
 def main(argv=None) -> dict:
     from analyses import run as engine
     from analyses.cli import figures_dir
+    from analyses.flow_figures import pathways_table, save_figures, table
     from analyses.pathways import STAGE_EDGES, SampleSet, evaluate, find_pathways
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -674,10 +495,11 @@ def main(argv=None) -> dict:
         print(pathways_table(res))
     if a.lens:
         from analyses import lens as lens_mod
+        from analyses import lens_figures
 
         lres = lens_mod.load_results(out, prefix="lens")
-        paths += lens_mod.save_figures(lres, figures, prefix="lens")
-        print(lens_mod.table(lres))
+        paths += lens_figures.save_figures(lres, figures, prefix="lens")
+        print(lens_figures.table(lres))
     print(f"wrote {out}, {', '.join(paths)}", file=sys.stderr)
     return res
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyses import flow
+from analyses import flow, flow_figures
 from tasks.datasets import load_dataset
 from tracing.inputs import build_sample_inputs
 from tracing.knockout import edges, knockout, window
@@ -124,7 +124,7 @@ def test_pathways_through_the_cli_against_hand_masks(tiny_run, tiny):
         assert pw["edge_share"][i] == pytest.approx(1 - cut / (L * T * (T + 1) / 2))
     assert pw["summary"][1] == pytest.approx(pw["correct"].mean())
     assert pw["summary"][2] == pytest.approx(pw["random_correct"].mean())
-    assert "effective pathways " + TINY_PATHWAYS in flow.pathways_table(res)
+    assert "effective pathways " + TINY_PATHWAYS in flow_figures.pathways_table(res)
 
 
 from _notebooks import run_notebook  # noqa: E402
@@ -135,11 +135,11 @@ def test_notebook_redraws_from_the_file(tiny_run, tmp_path, monkeypatch):
     outputs, images, text = run_notebook("flow.ipynb", {"CHRONOLENS_FLOW_H5": out}, tmp_path, monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
     assert images >= 2
-    assert flow.table(res) in text
-    assert flow.pathways_table(res) in text
-    from analyses import lens
+    assert flow_figures.table(res) in text
+    assert flow_figures.pathways_table(res) in text
+    from analyses import lens, lens_figures
 
-    assert lens.table(lens.load_results(out)) in text
+    assert lens_figures.table(lens.load_results(out)) in text
 
 
 # ---------------------------------------------------------------- output safety
