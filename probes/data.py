@@ -1,12 +1,15 @@
-"""Read cached activations for probing, without a model.
+"""Select probe features from a cache of activations, without a model.
 
-The cache layout (written by tracing/store.py): ``/acts/<hook>`` of shape
-[n_samples, *max_shape], chunked one sample per chunk; ``/acts_shape/<hook>``
-[n_samples, ndim], each sample's true shape (variable-length hooks are padded
-to max_shape); ``/samples/{id, task, label, answer, complete}`` [n_samples],
-where ``complete`` is the completion record. Only samples flagged complete are
-ever returned. Files are opened read-only without HDF5 locking, so a probe can
-read while a run is still writing.
+Every function reads through a *reader* that the caller passes: an object
+with ``.samples`` ({field: array [n]}, including the completion record
+``'complete'`` bool [n]), ``.acts(hook, samples)`` (the stored arrays of those
+samples with their padding removed: one array [k, *shape], or a list of k
+arrays when their shapes differ) and ``.path`` (named in errors) -- in
+practice ``tracing.store.CacheReader(path)``, which owns the file format
+(probes/ never imports tracing). What is here is the selection on top:
+only samples flagged complete are ever returned; a hook stored with a token
+axis ([T_i, D] per sample, positions="all" at capture) is reduced to one or a
+few tokens, or their mean, counted on each sample's true length.
 
 `iter_feature_chunks` reads a few samples at a time, for inputs larger than
 memory; `RunningStandardizer` accumulates the mean and variance over those
@@ -15,161 +18,126 @@ chunks.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
-import h5py
 import numpy as np
 
 
-def _open(path):
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        return h5py.File(path, "r", locking=False)
-    except OSError as e:
-        raise OSError(f"{path}: cannot open as HDF5 ({e})") from e
+class Reader(Protocol):
+    """What the functions here read from (tracing.store.CacheReader is one)."""
+
+    path: object
+
+    @property
+    def samples(self) -> dict[str, np.ndarray]: ...
+
+    def acts(self, hook: str, samples=None) -> np.ndarray | list[np.ndarray]: ...
 
 
-def _complete(f, path) -> np.ndarray:
-    if "samples" not in f:
-        raise KeyError(f"{path}: no /samples group")
-    s = f["samples"]
-    n = s["id"].shape[0] if "id" in s else None
-    if "complete" not in s:
-        raise KeyError(f"{path}: no /samples/complete (the completion record)")
-    done = s["complete"][()].astype(bool)
-    if n is not None and done.shape[0] != n:
-        raise ValueError(f"{path}: /samples/complete has {done.shape[0]} entries for {n} samples")
-    return done
-
-
-def _indices(done, samples, path) -> np.ndarray:
+def _indices(reader: Reader, samples) -> np.ndarray:
     """Sample indices to read: all complete ones (sorted) by default; given ones must be complete."""
+    done = np.asarray(reader.samples["complete"], dtype=bool)
     if samples is None:
         return np.flatnonzero(done)
     idx = np.asarray(samples, dtype=np.int64).reshape(-1)
     bad = idx[(idx < 0) | (idx >= len(done))]
     if len(bad):
-        raise IndexError(f"{path}: sample indices {bad.tolist()} out of range 0..{len(done) - 1}")
+        raise IndexError(f"{reader.path}: sample indices {bad.tolist()} out of range 0..{len(done) - 1}")
     if not done[idx].all():
-        raise ValueError(f"{path}: samples {idx[~done[idx]].tolist()} are not complete")
+        raise ValueError(f"{reader.path}: samples {idx[~done[idx]].tolist()} are not complete")
     return idx
 
 
-def complete_indices(path) -> np.ndarray:
+def complete_indices(reader: Reader) -> np.ndarray:
     """Indices of the samples flagged complete, sorted: int [n_complete]."""
-    with _open(path) as f:
-        return np.flatnonzero(_complete(f, path))
+    return _indices(reader, None)
 
 
-def load_labels(path, samples=None, field: str = "label") -> np.ndarray:
-    """/samples/<field> [k] (label, answer, id, task) of the complete samples (or the given ones)."""
-    with _open(path) as f:
-        idx = _indices(_complete(f, path), samples, path)
-        if field not in f["samples"]:
-            raise KeyError(f"{path}: no /samples/{field}; it holds {sorted(f['samples'])}")
-        ds = f["samples"][field]
-        out = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-    return np.asarray(out)[idx]
+def load_labels(reader: Reader, samples=None, field: str = "label") -> np.ndarray:
+    """reader.samples[field] [k] (label, answer, id, task) of the complete samples (or the given ones)."""
+    s = reader.samples
+    idx = _indices(reader, samples)
+    if field not in s:
+        raise KeyError(f"{reader.path}: no sample field {field!r}; it holds {sorted(s)}")
+    return np.asarray(s[field])[idx]
 
 
-def _runs(idx):
-    """Split indices into runs of consecutive values, each read as one slice."""
-    return np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
+def _select(x, idx, positions, dtype, what) -> np.ndarray:
+    """Features [k, ...] as dtype from the stored arrays of samples idx [k]: x is
+    one array [k, *shape] or a list of k arrays [*shape_i] (padding removed).
 
-
-def _select(x, true_shapes, positions, what):
-    """Per-sample features from x [k, *max_shape] given each sample's true shape [k, ndim].
-
-    positions None: the arrays themselves (padding trimmed; all must share one
-    true shape). int (negative counts from each sample's true end), list of
-    ints, or "mean" (over true positions): along the first axis of a sample,
-    the token axis.
+    positions None: the arrays themselves (all must share one shape). int
+    (negative counts from each sample's true end), list of ints, or "mean"
+    (over the sample's tokens): along the first axis of a sample, the token axis.
     """
     if positions is None:
-        if true_shapes is None:
-            return x
-        if (true_shapes != true_shapes[:1]).any():
-            raise ValueError(f"{what}: samples have different shapes (padded); pass positions "
-                             f"(an index, a list of indices or 'mean')")
-        return x[(slice(None), *[slice(0, d) for d in true_shapes[0]])] if len(x) else x
-    if x.ndim < 3:
-        raise ValueError(f"{what}: positions={positions!r} needs a token axis, but samples have shape {x.shape[1:]}")
-    T = true_shapes[:, 0] if true_shapes is not None else np.full(len(x), x.shape[1])
-    if isinstance(positions, str):
-        if positions != "mean":
-            raise ValueError(f"positions: expected an int, a list of ints, 'mean' or None, got {positions!r}")
-        return np.stack([x[i, :T[i]].mean(0) for i in range(len(x))]) if len(x) else x[:, 0]
-    pos = np.asarray(positions, dtype=np.int64)
-    rows = np.arange(len(x))[:, None]
-    p = np.where(pos[None] < 0, T[:, None] + pos.reshape(1, -1), pos.reshape(1, -1))
-    if ((p < 0) | (p >= T[:, None])).any():
-        bad = int(np.flatnonzero(((p < 0) | (p >= T[:, None])).any(1))[0])
-        raise IndexError(f"{what}: position {positions!r} outside the {T[bad]} tokens of sample row {bad}")
-    out = x[rows, p]                                     # [k, len(pos), ...]
-    return out[:, 0] if pos.ndim == 0 else out
+        if isinstance(x, list):
+            other = next(a.shape for a in x if a.shape != x[0].shape)
+            raise ValueError(f"{what}: samples have different shapes (e.g. {x[0].shape} and {other}); "
+                             f"pass positions (an index, a list of indices or 'mean')")
+        return x.astype(dtype, copy=False)
+    sample_shape = x[0].shape if isinstance(x, list) else x.shape[1:]
+    if len(sample_shape) < 2:
+        raise ValueError(f"{what}: positions={positions!r} needs a token axis, but samples have shape "
+                         f"{tuple(sample_shape)}")
+    if isinstance(positions, str) and positions != "mean":
+        raise ValueError(f"positions: expected an int, a list of ints, 'mean' or None, got {positions!r}")
+    pos = None if isinstance(positions, str) else np.asarray(positions, dtype=np.int64)
+    if len(x) == 0:
+        lead = () if pos is None else pos.shape
+        return np.zeros((0, *lead, *sample_shape[1:]), dtype)
+    out = []
+    for i, a in zip(idx, x):
+        a = np.asarray(a).astype(dtype, copy=False)
+        T = a.shape[0]
+        if pos is None:
+            out.append(a.mean(0))
+            continue
+        p = np.where(pos < 0, T + pos, pos)
+        if ((p < 0) | (p >= T)).any():
+            raise IndexError(f"{what}: position {positions!r} outside the {T} tokens of sample {int(i)}")
+        out.append(a[p])
+    return np.stack(out)
 
 
-def _read(f, path, hook, idx, positions, dtype):
-    """Features of `hook` for sample indices idx [k]: one slice per run of
-    consecutive indices (chunks hold one sample each, so a slice reads exactly
-    the chunks it needs), then `_select`."""
-    if "acts" not in f or hook not in f["acts"]:
-        held = sorted(f["acts"]) if "acts" in f else []
-        raise KeyError(f"{path}: no hook {hook!r}; it holds {held}")
-    ds = f["acts"][hook]
-    shp = f["acts_shape"][hook] if "acts_shape" in f and hook in f["acts_shape"] else None
-    if len(idx) == 0:
-        empty_shapes = None if shp is None else np.zeros((0, ds.ndim - 1), int)
-        return _select(np.zeros((0, *ds.shape[1:]), dtype), empty_shapes, positions, f"{path}: {hook}")
-    parts, shapes = [], []
-    for run in _runs(idx):
-        sl = slice(int(run[0]), int(run[-1]) + 1)
-        parts.append(ds[sl])
-        if shp is not None:
-            shapes.append(shp[sl])
-    x = np.concatenate(parts)
-    true_shapes = np.concatenate(shapes) if shp is not None else None
-    return _select(x, true_shapes, positions, f"{path}: {hook}").astype(dtype, copy=False)
+def _read(reader: Reader, hook, idx, positions, dtype) -> np.ndarray:
+    """Features of one hook for sample indices idx [k] (all complete): see _select."""
+    return _select(reader.acts(hook, idx), idx, positions, dtype, f"{reader.path}: {hook}")
 
 
-def iter_feature_chunks(path, hook, chunk_size: int, samples=None, positions=None,
+def iter_feature_chunks(reader: Reader, hook, chunk_size: int, samples=None, positions=None,
                         dtype=np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (sample indices [k], features) for chunks of at most chunk_size samples.
 
     hook: one hook name -> features [k, ...]; a list of names -> [len(hooks), k, ...]
     (e.g. every layer's resid_post). samples: indices to read (all must be
     complete); default every complete sample, in file order. positions: see
-    load_features. The file is reopened for every chunk, so completion flags
-    are read once, at the start.
+    load_features. Completion flags are read once, at the start; each chunk
+    is one read per hook.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
     hooks = [hook] if isinstance(hook, str) else list(hook)
-    with _open(path) as f:
-        idx = _indices(_complete(f, path), samples, path)
+    idx = _indices(reader, samples)
     for start in range(0, len(idx), chunk_size):
         block = idx[start:start + chunk_size]
-        with _open(path) as f:
-            feats = [_read(f, path, h, block, positions, dtype) for h in hooks]
+        feats = [_read(reader, h, block, positions, dtype) for h in hooks]
         yield block, (feats[0] if isinstance(hook, str) else np.stack(feats))
 
 
-def load_features(path, hook, samples=None, positions=None, dtype=np.float32) -> np.ndarray:
+def load_features(reader: Reader, hook, samples=None, positions=None, dtype=np.float32) -> np.ndarray:
     """Features of the complete samples (or the given ones, all complete).
 
     hook: a hook name -> [k, ...], or a list of names -> [len(hooks), k, ...].
-    positions: None (the stored arrays, padding trimmed), an int such as -1
-    (that token of each sample, negative from its true end), a list of ints,
-    or "mean" (mean over each sample's true tokens) -- for hooks stored with a
-    token axis ([n, T, D], positions="all" at capture).
+    positions: None (the stored arrays, padding removed; all samples must
+    share one shape), an int such as -1 (that token of each sample, negative
+    from its true end), a list of ints, or "mean" (mean over each sample's
+    tokens) -- for hooks stored with a token axis ([n, T, D], positions="all"
+    at capture). An unknown hook: the reader's KeyError.
     """
     hooks = [hook] if isinstance(hook, str) else list(hook)
-    with _open(path) as f:
-        idx = _indices(_complete(f, path), samples, path)
-        feats = [_read(f, path, h, idx, positions, dtype) for h in hooks]
+    idx = _indices(reader, samples)
+    feats = [_read(reader, h, idx, positions, dtype) for h in hooks]
     return feats[0] if isinstance(hook, str) else np.stack(feats)
 
 

@@ -1,7 +1,6 @@
 """probes/: the batched torch probe against scikit-learn, control tasks,
-evaluation over seeds, and the HDF5 feature reader."""
+evaluation over seeds, and feature selection from a cache written by the store."""
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -12,6 +11,7 @@ from probes.control import control_labels, selectivity
 from probes.data import RunningStandardizer, complete_indices, iter_feature_chunks, load_features, load_labels
 from probes.evaluate import accuracy, balanced_accuracy, chance_level, evaluate_probe
 from probes.linear import SklearnProbe, TorchProbe, cv_folds
+from tracing.store import CacheReader, CacheWriter, SampleMeta
 
 torch.set_num_threads(1)
 threadpool_limits(1)          # BLAS threads: tiny scikit-learn fits only lose by threading
@@ -255,82 +255,94 @@ def test_evaluate_probe_mean_and_std_over_seeds():
 
 @pytest.fixture
 def cache(tmp_path):
-    """A file in tracing/store.py's layout: 7 samples, 3 not complete."""
+    """A file written through the store: 7 samples, 2 and 4 never written (not
+    complete); two float16 layers [D] and a variable-length float32 hook
+    [T_i, 3]. Returns (path, complete [7], lengths [7], {hook: the arrays
+    written, [7, ...] with zeros for unwritten samples and padding})."""
     rng = np.random.default_rng(0)
     n, D, T = 7, 5, 4
     path = tmp_path / "run.h5"
     complete = np.array([1, 1, 0, 1, 0, 1, 1], bool)
     lengths = np.array([4, 2, 3, 3, 1, 1, 4])
-    with h5py.File(path, "w") as f:
-        s = f.create_group("samples")
-        s.create_dataset("id", data=np.array([f"s{i}" for i in range(n)], dtype=object), dtype=h5py.string_dtype())
-        s.create_dataset("task", data=np.array(["order"] * n, dtype=object), dtype=h5py.string_dtype())
-        s.create_dataset("label", data=np.arange(n) % 3)
-        s.create_dataset("answer", data=np.arange(n) % 2)
-        s.create_dataset("complete", data=complete)
-        acts, shapes = f.create_group("acts"), f.create_group("acts_shape")
-        for l in range(2):
-            x = rng.standard_normal((n, D)).astype(np.float16)
-            x[~complete] = 0                                  # never written
-            acts.create_dataset(f"blocks.{l}.hook_resid_post", data=x, chunks=(1, D))
-            shapes.create_dataset(f"blocks.{l}.hook_resid_post", data=np.tile([D], (n, 1)))
-        v = rng.standard_normal((n, T, 3)).astype(np.float32)
-        v[np.arange(T)[None, :] >= lengths[:, None]] = 0      # padding
-        acts.create_dataset("vision.hook_out", data=v, chunks=(1, T, 3))
-        shapes.create_dataset("vision.hook_out", data=np.stack([lengths, np.full(n, 3)], 1))
-    return path, complete, lengths
+    written = {f"blocks.{l}.hook_resid_post": rng.standard_normal((n, D)).astype(np.float16) for l in range(2)}
+    v = rng.standard_normal((n, T, 3)).astype(np.float32)
+    v[np.arange(T)[None, :] >= lengths[:, None]] = 0          # beyond each sample's length
+    written["vision.hook_out"] = v
+    for x in written.values():
+        x[~complete] = 0
+    samples = [SampleMeta(f"s{i}", "order", i % 3, i % 2) for i in range(n)]
+    hooks = {f"blocks.{l}.hook_resid_post": ((D,), np.float16) for l in range(2)}
+    hooks["vision.hook_out"] = ((T, 3), np.float32)
+    with CacheWriter.open(path, "tiny-test", "fp0", "synthetic", {"probe_test": 1}, samples, hooks) as w:
+        for i in np.flatnonzero(complete):
+            acts = {h: x[i] for h, x in written.items()}
+            acts["vision.hook_out"] = v[i, :lengths[i]]
+            w.write_sample(int(i), acts, layout={})
+        assert w.pending() == [2, 4]
+    return path, complete, lengths, written
 
 
 def test_reader_full_and_chunked_reads_agree_and_skip_incomplete(cache):
-    path, complete, _ = cache
+    path, complete, _, written = cache
+    reader = CacheReader(path)
     hook = "blocks.1.hook_resid_post"
-    with h5py.File(path, "r") as f:
-        direct = f["acts"][hook][()][complete].astype(np.float32)
-    full = load_features(path, hook)
+    direct = written[hook][complete].astype(np.float32)
+    full = load_features(reader, hook)
     np.testing.assert_array_equal(full, direct)
     assert full.dtype == np.float32
-    np.testing.assert_array_equal(complete_indices(path), [0, 1, 3, 5, 6])
+    np.testing.assert_array_equal(complete_indices(reader), [0, 1, 3, 5, 6])
     for size in (1, 2, 3, 100):
-        chunks = list(iter_feature_chunks(path, hook, size))
+        chunks = list(iter_feature_chunks(reader, hook, size))
         assert all(len(i) <= size for i, _ in chunks)
         np.testing.assert_array_equal(np.concatenate([i for i, _ in chunks]), [0, 1, 3, 5, 6])
         np.testing.assert_array_equal(np.concatenate([x for _, x in chunks]), full)
-    both = load_features(path, ["blocks.0.hook_resid_post", hook])
+    both = load_features(reader, ["blocks.0.hook_resid_post", hook])
     assert both.shape == (2, 5, 5)
+    np.testing.assert_array_equal(both[0], written["blocks.0.hook_resid_post"][complete].astype(np.float32))
     np.testing.assert_array_equal(both[1], full)
-    np.testing.assert_array_equal(load_features(path, hook, samples=[5, 0]), direct[[3, 0]])
-    np.testing.assert_array_equal(load_labels(path), [0, 1, 0, 2, 0])
+    np.testing.assert_array_equal(load_features(reader, hook, samples=[5, 0]), direct[[3, 0]])
+    np.testing.assert_array_equal(load_labels(reader), [0, 1, 0, 2, 0])
+    np.testing.assert_array_equal(load_labels(reader, samples=[6, 3], field="id"), ["s6", "s3"])
+    np.testing.assert_array_equal(load_labels(reader, field="answer"), [0, 1, 1, 1, 0])
     with pytest.raises(ValueError, match=r"samples \[2\] are not complete"):
-        load_features(path, hook, samples=[0, 2])
+        load_features(reader, hook, samples=[0, 2])
+    with pytest.raises(IndexError, match=r"\[7\] out of range"):
+        load_labels(reader, samples=[0, 7])
     with pytest.raises(KeyError, match="blocks.9.hook_resid_post"):
-        load_features(path, "blocks.9.hook_resid_post")
+        load_features(reader, "blocks.9.hook_resid_post")
+    with pytest.raises(KeyError, match="colour"):
+        load_labels(reader, field="colour")
+    with pytest.raises(ValueError, match="token axis"):
+        load_features(reader, hook, positions=-1)
 
 
 def test_reader_positions_use_each_samples_true_length(cache):
-    path, complete, lengths = cache
-    with h5py.File(path, "r") as f:
-        v = f["acts"]["vision.hook_out"][()]
+    path, complete, lengths, written = cache
+    reader = CacheReader(path)
+    v = written["vision.hook_out"]
     keep = np.flatnonzero(complete)
-    last = load_features(path, "vision.hook_out", positions=-1)
+    last = load_features(reader, "vision.hook_out", positions=-1)
     np.testing.assert_array_equal(last, np.stack([v[i, lengths[i] - 1] for i in keep]))
-    mean = load_features(path, "vision.hook_out", positions="mean")
+    mean = load_features(reader, "vision.hook_out", positions="mean")
     np.testing.assert_allclose(mean, np.stack([v[i, :lengths[i]].mean(0) for i in keep]), rtol=1e-6)
-    first_two = load_features(path, "vision.hook_out", samples=[0, 6], positions=[0, 1])
+    first_two = load_features(reader, "vision.hook_out", samples=[0, 6], positions=[0, 1])
     np.testing.assert_array_equal(first_two, v[[0, 6], :2])
-    chunked = np.concatenate([x for _, x in iter_feature_chunks(path, "vision.hook_out", 2, positions=-1)])
+    chunked = np.concatenate([x for _, x in iter_feature_chunks(reader, "vision.hook_out", 2, positions=-1)])
     np.testing.assert_array_equal(chunked, last)
+    same_length = load_features(reader, "vision.hook_out", samples=[0, 6])    # both 4 tokens: no positions needed
+    np.testing.assert_array_equal(same_length, v[[0, 6]])
     with pytest.raises(ValueError, match="pass positions"):
-        load_features(path, "vision.hook_out")
-    with pytest.raises(IndexError, match="outside"):
-        load_features(path, "vision.hook_out", positions=1)          # sample 5 has one token
+        load_features(reader, "vision.hook_out")
+    with pytest.raises(IndexError, match="outside the 1 tokens of sample 5"):
+        load_features(reader, "vision.hook_out", positions=1)
 
 
 def test_running_standardizer_equals_full_statistics(cache):
-    path, _, _ = cache
+    reader = CacheReader(cache[0])
     hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
-    full = load_features(path, hooks).astype(np.float64)              # [2, 5, 5]
+    full = load_features(reader, hooks).astype(np.float64)              # [2, 5, 5]
     rs = RunningStandardizer()
-    for _, x in iter_feature_chunks(path, hooks, 2):
+    for _, x in iter_feature_chunks(reader, hooks, 2):
         rs.partial_fit(x)
     assert rs.n_samples_seen_ == 5
     np.testing.assert_allclose(rs.mean_, full.mean(1), rtol=1e-12, atol=1e-12)
