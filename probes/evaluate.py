@@ -11,8 +11,6 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from .control import selectivity  # noqa: F401  (re-exported: evaluate.selectivity)
-
 
 def _per_layer(metric, y_true, y_pred):
     """metric(y_true [N], y_pred [N]) -> float, or [L] for y_pred [L, N]."""
