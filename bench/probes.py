@@ -70,7 +70,9 @@ def main(argv=None):
     import torch
     from threadpoolctl import threadpool_limits
 
-    from probes.linear import DEFAULT_CS, SklearnProbe, TorchProbe
+    from probes.linear import DEFAULT_CS
+    from probes.sklearn_probe import SklearnProbe
+    from probes.torch_probe import TorchProbe
     torch.set_num_threads(a.threads)
     threadpool_limits(a.threads)
 

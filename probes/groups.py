@@ -47,7 +47,8 @@ class ProbeFactory:
         return clone(self.prototype()).set_params(random_state=seed)
 
     def prototype(self):
-        from probes.linear import SklearnProbe, TorchProbe
+        from probes.sklearn_probe import SklearnProbe
+        from probes.torch_probe import TorchProbe
 
         if self.kind == "torch":
             return TorchProbe(C=self.C, cv=self.cv, tol=self.tol, device=self.device)

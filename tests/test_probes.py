@@ -10,7 +10,9 @@ from threadpoolctl import threadpool_limits
 from probes.control import control_labels, selectivity
 from probes.data import RunningStandardizer, complete_indices, iter_feature_chunks, load_features, load_labels
 from probes.evaluate import accuracy, balanced_accuracy, chance_level, evaluate_probe
-from probes.linear import SklearnProbe, TorchProbe, cv_folds
+from probes.linear import cv_folds
+from probes.sklearn_probe import SklearnProbe
+from probes.torch_probe import TorchProbe
 from tracing.store import CacheReader, CacheWriter, SampleMeta
 
 torch.set_num_threads(1)
