@@ -101,7 +101,8 @@ def sample_arrays(lm, inputs, layout, edge_names, k: int, samples_mode: str, lay
     """
     import torch
 
-    from tracing.knockout import KnockoutRunner, edges, window
+    from tracing.edges import edges
+    from tracing.knockout import KnockoutRunner, window
 
     L, E = lm.n_layers, len(edge_names)
     runner = KnockoutRunner(lm, inputs, layout)
@@ -236,7 +237,8 @@ def full_block_accuracy(lm, samples, edge_name: str, progress: bool = False) -> 
     from tqdm import tqdm
 
     from tracing.inputs import build_sample_inputs
-    from tracing.knockout import KnockoutRunner, edges
+    from tracing.edges import edges
+    from tracing.knockout import KnockoutRunner
 
     ko, clean = [], []
     for s in tqdm(samples, desc=edge_name, disable=not progress):
@@ -293,7 +295,7 @@ def parse_edges(spec: str) -> list[str]:
     """'cross_frame,video->question,trailing,last' -> ['cross_frame',
     'video->question,trailing,last']: a comma starts a new edge type unless the
     next piece is a bare span name continuing a 'src->tgt' string."""
-    from tracing.knockout import EDGE_SETS
+    from tracing.edges import EDGE_SETS
 
     out: list[str] = []
     for piece in (p.strip() for p in spec.split(",")):
@@ -313,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--window", type=int, default=None,
                     help="layers blocked around each centre layer (default: 9 for 32+ layers, else ~L/4)")
     ap.add_argument("--edges", default=",".join(DEFAULT_EDGES),
-                    help="comma-separated edge types: names of tracing.knockout.EDGE_SETS (cross_frame, "
+                    help="comma-separated edge types: names of tracing.edges.EDGE_SETS (cross_frame, "
                          "video_question, video_last, question_last, last_last, ...) or 'src->tgt' strings "
                          "(use ';' inside one string for several span pairs)")
     ap.add_argument("--samples", default="correct", choices=["correct", "all"],
@@ -425,7 +427,8 @@ def prepare(argv):
     samples = load_data(a).samples
     lm = load_from_args(a)
     from tracing.inputs import build_sample_inputs
-    from tracing.knockout import EDGE_SETS, default_window, edges
+    from tracing.edges import EDGE_SETS, edges
+    from tracing.knockout import default_window
 
     _, lay = build_sample_inputs(lm, samples[0])
     for e in edge_names:  # fail early on a bad edge name

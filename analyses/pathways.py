@@ -120,7 +120,8 @@ def parse_pathways(spec: str, n_layers: int | None = None) -> Pathways:
 def pathway_knockout(p: Pathways, layout, n_layers: int):
     """The pathway condition on one input -> ``tracing.knockout.LayeredKnockout``
     (see the module docstring for what is cut in which layer)."""
-    from tracing.knockout import LayeredKnockout, edges
+    from tracing.edges import edges
+    from tracing.knockout import LayeredKnockout
 
     p.check(n_layers)
     L = n_layers
@@ -139,7 +140,7 @@ def blocked_count(cond, n_tokens: int, n_layers: int) -> int:
     summed over layers."""
     import torch
 
-    from tracing.knockout import union_blocked
+    from tracing.edges import union_blocked
 
     tril = torch.ones(n_tokens, n_tokens, dtype=torch.bool).tril()
     per: dict = {}
@@ -170,7 +171,8 @@ def random_knockout(layout, n_blocked: int, n_layers: int, seed, name: str | Non
     -> ``LayeredKnockout`` of one ``DenseEdges`` per layer that loses edges."""
     import torch
 
-    from tracing.knockout import DenseEdges, LayeredKnockout
+    from tracing.edges import DenseEdges
+    from tracing.knockout import LayeredKnockout
 
     T, v0 = layout.n_tokens, layout.video.start
     m = T - v0

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from tracing.inputs import build_inputs
-from tracing.knockout import KnockoutRunner, default_window, edges, window_sweep
+from tracing.edges import edges
+from tracing.knockout import KnockoutRunner, default_window, window_sweep
 from tracing.registry import load_model
 
 EDGE_TYPES = ("cross_frame", "video_question", "video_last", "question_last")

@@ -39,7 +39,8 @@ import torch
 
 from tracing.capture import capture
 from tracing.inputs import build_inputs
-from tracing.knockout import KnockoutRunner, default_window, edges, window_sweep
+from tracing.edges import edges
+from tracing.knockout import KnockoutRunner, default_window, window_sweep
 from tracing.published import PUBLISHED, build_checkpoint
 from tracing.registry import load_model
 

@@ -14,7 +14,8 @@ import torch
 from analyses import flow, flow_figures
 from tasks.datasets import load_dataset
 from tracing.inputs import build_sample_inputs
-from tracing.knockout import edges, knockout, window
+from tracing.edges import edges
+from tracing.knockout import knockout, window
 from tracing.registry import load_model
 from tracing.store import CacheReader
 

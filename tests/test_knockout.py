@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from tracing.inputs import build_inputs
-from tracing.knockout import (EDGE_SETS, EdgeSet, Knockout, KnockoutRunner, bottom_up, default_window,
-                              edges, knockout, knockout_mask, top_down, window, window_sweep)
+from tracing.edges import EDGE_SETS, EdgeSet, edges
+from tracing.knockout import (Knockout, KnockoutRunner, bottom_up, default_window, knockout, knockout_mask, top_down,
+                              window, window_sweep)
 from tracing.layout import Span, TokenLayout
 from tracing.registry import TINY_MODELS, load_model
 

@@ -18,8 +18,8 @@ import torch
 from analyses import pathways as P
 from tasks.datasets import load_dataset
 from tracing.inputs import build_inputs, build_sample_inputs
-from tracing.knockout import (DenseEdges, Knockout, KnockoutRunner, LayeredKnockout, condition_from_dict, edges,
-                              knockout)
+from tracing.edges import DenseEdges, edges
+from tracing.knockout import Knockout, KnockoutRunner, LayeredKnockout, condition_from_dict, knockout
 from tracing.layout import Span, TokenLayout
 from tracing.registry import load_model
 
@@ -213,7 +213,7 @@ def test_edge_share_by_hand():
     assert P.blocked_count(cond, 14, 4) == 148 and P.n_causal(14, 4) == 420
     assert P.edge_share(cond, 14, 4) == pytest.approx(272 / 420)
     # The entries of layer 1 (0-indexed 0), listed by hand.
-    from tracing.knockout import union_blocked
+    from tracing.edges import union_blocked
 
     got = {(q, k) for q, k in zip(*np.nonzero(union_blocked(cond.at(0), 0, 14, 14).numpy())) if k <= q}
     assert got == {(13, k) for k in range(2, 8)} | {(13, 13)} | {(13, k) for k in range(8, 12)}

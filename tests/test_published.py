@@ -20,7 +20,8 @@ from test_knockout import hand_blocks, hand_mask, reference_logits
 from tracing.capture import capture
 from tracing.check import compare, hf_prompt_text
 from tracing.inputs import build_inputs, video_token_id
-from tracing.knockout import KnockoutRunner, edges
+from tracing.edges import edges
+from tracing.knockout import KnockoutRunner
 from tracing.published import CHAT_TEMPLATES, build_checkpoint
 from tracing.registry import load_model
 
