@@ -1,7 +1,8 @@
-"""Multiple-choice scoring from the option-letter probabilities at the last position.
+"""Multiple-choice scoring from the option-letter probabilities at the last position,
+and greedy generation for analyses that read a free-text answer (``generate``).
 
-No generation: the prompt ends right before the option letter, so one
-forward pass gives every option's probability. Prompts of different lengths
+Scoring needs no generation: the prompt ends right before the option letter, so
+one forward pass gives every option's probability. Prompts of different lengths
 are right-padded into one batch (causal attention: padding after a row's last
 position cannot change it).
 """
@@ -80,3 +81,13 @@ def score(lm, items: list[tuple[dict, TokenLayout]], batch_size: int = 16) -> Sc
             probs[b0 + i, : len(lay.option_ids)] = p[i, lay.option_ids].cpu().numpy()
     pred = np.nanargmax(probs, axis=1)
     return Scores(probs, pred)
+
+
+@torch.no_grad()
+def generate(lm, inputs: dict, max_new_tokens: int) -> str:
+    """Greedy free-text answer to one prompt built by ``build_inputs`` (batch
+    size 1): the decoded new tokens, special tokens left out."""
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    g = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    return tok.decode(g[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
