@@ -4,103 +4,83 @@ what they look like inside the model.
     python -m analyses.tomato --model organism --dataset synthetic
     python -m analyses.tomato --model llava-next --dataset tomato --data-dir ~/TOMATO --frames 16
 
-Every question is answered under a set of frame conditions, each a list of
-frame indices into the question's video:
+    ab = run(lm, samples, "cache/tomato.h5", AblationConfig(frames=8))  # on the run engine -> Ablation
+    ab = load_results("cache/tomato.h5")                                # the same, from the file alone
 
-    multi          m frames sampled uniformly (np.linspace(0, n-1, m, dtype=int), as
-                   TOMATO); m = --frames, or the video's own count when it has fewer
-    single_first   frame 0 (TOMATO's code: its single-frame run takes the first frame)
-    single_middle  frame n // 2
-    single_random  one frame drawn per question from a seed
-    single_human   the frame a human picked as the most informative (the annotation's
-                   ``human_frame``; for synthetic clips a rule on the latents, see
-                   ``human_frame``); questions without one are left out of rho
-    shuffled_<s>   the m frames of ``multi`` in a random order (one per seed; never
-                   the identity)
-    reversed       the m frames of ``multi`` back to front
-    frames_<k>     k frames sampled uniformly: the frame-count curve (k < m; k = m
-                   is ``multi``)
+Every question is answered under a set of frame conditions (``tasks.frames``:
+multi, single_first / _middle / _random / _human, shuffled_<s>, reversed,
+frames_<k>). Answers come from the option-letter probabilities at the last
+position (``tracing.scoring.score``, batched, no generation) or, with
+``--generate``, from greedy generation (``tracing.scoring.generate``) read by
+TOMATO's answer parser (``tasks.answers.parse_answer``); unparsed answers
+count as wrong and their number is reported. Conditions that give a question
+the same frame list (``frames_1`` and ``single_first``) share one forward pass.
 
-Answers come from the option-letter probabilities at the last position
-(``tracing.scoring.score``, batched, no generation) or, with ``--generate``,
-from generated text read by TOMATO's answer parser (``parse_answer``);
-unparsed answers count as wrong and their number is reported. Conditions that
-give a question the same frame list (``frames_1`` and ``single_first``) share
-one forward pass.
+Metrics and tables (``analyses.tomato_metrics``): kappa, tau and rho per model
+and task, bootstrap 95% intervals over questions, averages over models as
+means of per-model values. Inside the model: for every layer, the cosine
+distance between the last position's residual stream of the ordered run and
+of each shuffled / reversed run, and the linear CKA between them over
+questions; per question, how often the answer flips under shuffling.
 
-Metrics (``analyses.tomato_metrics``): kappa, tau and rho per model and task,
-bootstrap 95% intervals over questions, averages over models as means of
-per-model values. Inside the model: for every layer, the cosine distance
-between the last position's residual stream of the ordered run and of each
-shuffled / reversed run, and the linear CKA between them over questions; per
-question, how often the answer flips under shuffling.
+The file (the run engine, analyses/run.py; one unit per question with all its
+conditions; C conditions, K options at most, F = --frames, P = 1 + shuffled +
+reversed, L layers, d the model's width):
 
-Outputs: an HDF5 file (``tracing.store.ResultsFile``; per-question
-correctness, prediction, option probabilities and frame indices of every
-condition, so every number can be recomputed), a markdown and a CSV table in
-the layout of the paper's table next to it, and figures in ``--figures``
-(default ``<out stem>_figures/``: accuracy against frame count; kappa / tau /
-rho per task with intervals; order sensitivity against layer).
-``notebooks/tomato.ipynb`` rebuilds the table and figures from the file.
+    /acts/pred      int [N, C]            the option chosen; -1 not run (or unparsed, --generate)
+    /acts/probs     float32 [N, C, K]     option-letter probabilities (NaN past a question's
+                                          options, where not run, and under --generate)
+    /acts/indices   int [N, C, F]         frame indices shown, -1 padded (all -1: not run)
+    /acts/n_total   int [N, 1]            frames in the question's video
+    /acts/human     int [N, 1]            the human-picked frame (-1: none)
+    /acts/resid     float32 [N, P, L, d]  the last position's residual stream after each layer
+                                          under multi, shuffled_*, reversed (not with
+                                          --no-internals; 4 N P L d bytes, which on a 7B model
+                                          is the bulk of the file)
+    /samples/run_meta                     per question: notes, the generated responses; a
+                                          question whose video is missing or unreadable is
+                                          recorded as skipped, with the reason
+    /results/report/markdown              the table as the CLI wrote it, with its bootstrap settings
 
-A run is resumable: every chunk of ``--chunk`` questions is saved into --out
-as it completes (the residual streams of the order analysis wait in
-``<out>.residuals`` until it is stored), and the same command run again after a
-kill skips the chunks already there and ends with the numbers of an
-uninterrupted run. An --out of another configuration is refused; with
---overwrite the run writes ``<out stem>.next.h5`` and replaces --out with it
-only once it has finished.
+``load_results`` computes the ``Ablation`` (correctness, flips, the order
+analysis) from the per-question arrays alone, so tables and figures are
+redrawn without the model: a markdown and a CSV table next to the file, and
+figures in ``--figures`` (default ``<out stem>_figures/``: accuracy against
+frame count; kappa / tau / rho per task with intervals; order sensitivity
+against layer); ``notebooks/tomato.ipynb`` rebuilds them. Resume per
+question, refusal of another configuration, ``--overwrite``, the lock and
+``--workers`` are the engine's.
 """
 from __future__ import annotations
 
-import csv
-import io
-import os
-import re
 import sys
-import zlib
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tasks.types import LETTERS, Sample
-from tasks.video import VideoError, count_frames, duration, load_frames_at, sample_indices
+from tasks.answers import parse_answer
+from tasks.frames import (DEFAULT_COUNTS, SINGLE_PICKS, Condition, QuestionFrames, curve_of, plan_conditions,
+                          question_frames)
+from tasks.types import Sample
 
 from . import tomato_metrics as M
+from .tomato_metrics import curve_figure, layers_figure, metric_rows, metrics_figure, report, write_figures
 
-SINGLE_PICKS = ("first", "middle", "random", "human")
-DEFAULT_COUNTS = (1, 2, 4, 8, 16)
-GROUPINGS = ("task", "demonstration_type")
-
-
-# ============================================================== conditions
-@dataclass(frozen=True)
-class Condition:
-    """One way of choosing a question's frames.
-
-    kind:  'multi' | 'single' | 'shuffled' | 'reversed' | 'count'
-    count: the nominal frame count (m for multi / shuffled / reversed, k for count, 1 for single)
-    pick:  for 'single': first | middle | random | human
-    seed:  for 'shuffled' and single 'random': the seed
-    """
-
-    name: str
-    kind: str
-    count: int
-    pick: str = ""
-    seed: int = 0
+# The notebook's API: a run, its file, and what is drawn from it (analyses.tomato_metrics).
+__all__ = ["AblationConfig", "Ablation", "Condition", "declare", "reduce", "run", "run_ablation", "load_results",
+           "stored_report", "parse_answer", "report", "metric_rows", "curve_figure", "metrics_figure",
+           "layers_figure", "write_figures", "main"]
 
 
 @dataclass
 class AblationConfig:
     """What to run. ``frames``: m; ``shuffle_seeds``: how many shuffled runs;
     ``counts``: the frame-count curve (values >= frames collapse onto ``multi``);
-    ``singles``: which single-frame picks; ``internals``: capture the residual
+    ``singles``: which single-frame picks; ``internals``: keep the residual
     stream for the order analysis; ``generate``: answer by generation and
-    TOMATO's parser instead of letter probabilities; ``chunk``: questions whose
-    frames are decoded and run together (and saved together by a resumable run)."""
+    TOMATO's parser instead of letter probabilities; ``batch_size``: prompts
+    (a question's conditions) per forward pass."""
 
     frames: int = 16
     shuffle_seeds: int = 3
@@ -111,13 +91,11 @@ class AblationConfig:
     internals: bool = True
     generate: bool = False
     max_new_tokens: int = 8
-    chunk: int = 16
 
     def __post_init__(self):
-        if self.frames < 1:
-            raise ValueError(f"frames must be >= 1, got {self.frames}")
-        if self.chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+        for name in ("frames", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.shuffle_seeds < 0:
             raise ValueError(f"shuffle_seeds must be >= 0, got {self.shuffle_seeds}")
         bad = [p for p in self.singles if p not in SINGLE_PICKS]
@@ -128,178 +106,19 @@ class AblationConfig:
         self.counts = tuple(int(k) for k in self.counts)
         self.singles = tuple(self.singles)
 
-
-def plan_conditions(cfg: AblationConfig) -> list[Condition]:
-    """The conditions of a run, in the order they are evaluated (``multi``
-    first: shuffled and reversed are permutations of its frames)."""
-    m = cfg.frames
-    out = [Condition("multi", "multi", m)]
-    out += [Condition(f"single_{p}", "single", 1, pick=p, seed=cfg.seed) for p in cfg.singles]
-    out += [Condition(f"shuffled_{s}", "shuffled", m, seed=cfg.seed + s) for s in range(cfg.shuffle_seeds)]
-    out.append(Condition("reversed", "reversed", m))
-    out += [Condition(f"frames_{k}", "count", k) for k in sorted(set(cfg.counts)) if k < m]
-    return out
+    def conditions(self) -> list[Condition]:
+        return plan_conditions(self.frames, self.shuffle_seeds, self.counts, self.singles, self.seed)
 
 
-def curve_of(conditions: list[Condition]) -> list[tuple[int, str]]:
-    """(nominal frame count, condition name) of the frame-count curve, ascending."""
-    pts = [(c.count, c.name) for c in conditions if c.kind == "count"]
-    pts += [(c.count, c.name) for c in conditions if c.kind == "multi"]
-    return sorted(pts)
-
-
-def _rng(tag: int, seed: int, sample_id: str) -> np.random.Generator:
-    # Keyed by the question's id, not its position: the same question gets the
-    # same draw whatever --limit or --tasks selected around it.
-    return np.random.default_rng([tag, int(seed), zlib.crc32(sample_id.encode())])
-
-
-def frame_indices(cond: Condition, n_total: int, human: int = -1, sample_id: str = "") -> np.ndarray | None:
-    """The frame indices (int [k], into the question's n_total frames) a condition
-    shows, or None where it does not apply (no human frame, or one past the end)."""
-    if n_total < 1:
-        raise ValueError(f"question {sample_id!r}: a video needs at least one frame")
-    if cond.kind in ("multi", "count", "shuffled", "reversed"):
-        u = sample_indices(n_total, min(cond.count, n_total))
-        if cond.kind == "reversed":
-            return u[::-1].copy()
-        if cond.kind == "shuffled" and len(u) > 1:
-            rng = _rng(2, cond.seed, sample_id)
-            perm = rng.permutation(len(u))
-            while (perm == np.arange(len(u))).all():  # the identity would measure nothing
-                perm = rng.permutation(len(u))
-            return u[perm]
-        return u
-    if cond.kind == "single":
-        if cond.pick == "first":
-            return np.array([0])
-        if cond.pick == "middle":
-            return np.array([n_total // 2])
-        if cond.pick == "random":
-            return np.array([int(_rng(1, cond.seed, sample_id).integers(n_total))])
-        if cond.pick == "human":
-            return np.array([human]) if 0 <= human < n_total else None
-    raise ValueError(f"unknown condition {cond}")
-
-
-def human_frame(sample: Sample) -> int:
-    """The human-picked most informative frame of a question, or -1.
-
-    A benchmark annotation's ``human_frame`` (an index into the video's frames)
-    when it has one. A synthetic clip has no annotator; the frame is picked
-    from its latents by the rule an annotator would follow: for ``order`` and
-    ``referring`` (the answer is a colour one frame can show), the first frame
-    showing the answer colour; for every other task the middle frame (the middle
-    of the motion: for direction, rotation, velocity, count, brightness and size
-    change no single frame holds the answer, which is what rho then measures).
-    """
-    if "human_frame" in sample.meta:
-        return int(sample.meta["human_frame"])
-    objs = sample.latents.get("objects")
-    if objs is None:
-        return -1
-    if sample.task in ("order", "referring"):
-        colour = sample.options[sample.answer]
-        for t, frame in enumerate(objs):
-            if any(o["color"] == colour for o in frame):
-                return t
-    return len(objs) // 2
-
-
-# ============================================================== answer parsing
-def parse_answer(response: str, options: list[str], opened: bool = True) -> int | None:
-    """TOMATO's regex answer parser -> option index, or None (counted wrong).
-
-    Its rules (src/parse_result.py ``pre_parser``), on the stripped response:
-    a bare option letter; the exact ``"X: option text"``; ``Answer is: (X)``
-    (their regex, with optional spaces so that ``Answer is: (C)`` matches as
-    the paper writes it, and any of the question's letters, not only A-F).
-    Their GPT-4o-mini fallback is not available offline. ``opened``: our
-    prompts end with ``Best option:(``, so a response ``X)`` / ``X) text``
-    closes that parenthesis and names X.
-    """
-    r = response.strip()
-    letters = LETTERS[: len(options)]
-    if len(r) == 1 and r.upper() in letters:
-        return letters.index(r.upper())
-    full = {f"{letters[i]}: {o}".upper(): i for i, o in enumerate(options)}
-    if r.upper() in full:
-        return full[r.upper()]
-    cls = f"[{letters}{letters.lower()}]"
-    m = re.match(rf"^Answer is:?\s*\(?\s*({cls})\s*\)?\.?$", r, flags=re.IGNORECASE)
-    if m:
-        return letters.index(m.group(1).upper())
-    if opened:
-        m = re.match(rf"^({cls})\s*\)", r)
-        if m:
-            return letters.index(m.group(1).upper())
-    return None
-
-
-# ============================================================== frames
-@dataclass
-class _Prepared:
-    """One question ready to run: its video length, each condition's frame
-    indices (None: not applicable) and the frames those indices need."""
-
-    row: int
-    sample: Sample
-    n_total: int
-    human: int
-    indices: dict[str, np.ndarray | None]
-    store: dict[int, np.ndarray]
-    seconds: float | None = None  # of the whole video, when known
-
-    def frames(self, name: str) -> np.ndarray:
-        return np.stack([self.store[int(i)] for i in self.indices[name]])
-
-    def sampled_fps(self, name: str) -> float | None:
-        """Frames kept per second of video under a condition (Qwen2.5-VL's time positions)."""
-        return len(self.indices[name]) / self.seconds if self.seconds else None
-
-
-def prepare(sample: Sample, row: int, conditions: list[Condition], recipe=None) -> tuple[_Prepared, list[str]]:
-    """A question's frames for every condition -> (_Prepared, notes).
-
-    Frames in memory (synthetic, or a loader that decoded them) are the video;
-    otherwise ``sample.video_path`` is decoded once, keeping only the frames some
-    condition needs, resized as the model's ``recipe`` resizes them (so that a
-    1080p video costs no more memory than the model's input). VideoError names
-    the file when it is missing or unreadable."""
-    notes = []
-    h = human_frame(sample)
-    seconds = None
-    if sample.frames is not None:
-        n_total = int(sample.frames.shape[0])
-        if sample.meta.get("sampled_fps"):
-            seconds = n_total / sample.meta["sampled_fps"]
-    elif sample.video_path:
-        n_total = count_frames(sample.video_path)
-        seconds = duration(sample.video_path)
-        if n_total == 0:
-            raise VideoError(sample.video_path, "contains no decodable frames")
-    else:
-        raise VideoError("<none>", f"question {sample.id!r} has neither frames nor a video path")
-    if h >= n_total:
-        notes.append(f"{sample.id}: human frame {h} is past the video's {n_total} frames; left out of rho")
-    idx = {c.name: frame_indices(c, n_total, h, sample.id) for c in conditions}
-    need = sorted({int(i) for v in idx.values() if v is not None for i in v})
-    if sample.frames is not None:
-        store = {i: sample.frames[i] for i in need}
-    else:
-        arr = load_frames_at(sample.video_path, need)
-        if recipe is not None:
-            from tracing.preprocess import resize_frames
-
-            arr = resize_frames(arr, recipe)  # idempotent: build_inputs' own resize is then a no-op
-        store = {i: arr[j] for j, i in enumerate(need)}
-    return _Prepared(row, sample, n_total, h, idx, store, seconds), notes
+def resid_names(conditions: list[Condition]) -> list[str]:
+    """The conditions whose residual stream the order analysis keeps: multi (the ordered reference) first."""
+    return ["multi"] + [c.name for c in conditions if c.kind in ("shuffled", "reversed")]
 
 
 # ============================================================== results
 @dataclass
 class Ablation:
-    """What one run measured (what the HDF5 file holds). n questions, C conditions.
+    """What one run measured, over the n questions that ran. C conditions.
 
     correct:    float [C, n]  1 right, 0 wrong, NaN not run (no human frame)
     pred:       int [C, n]    chosen option, -1 not run or unparsed
@@ -313,6 +132,7 @@ class Ablation:
                 position's residual stream after each layer (shuffled_*, reversed)
     cka:        {condition: float [L]} linear CKA of ordered vs perturbed over questions
     cka_task:   {condition: float [n_tasks, L]} the same within each task (NaN under 8 questions)
+    skipped:    [(question id, why)] questions that could not run (a missing or corrupt video)
     """
 
     model: str
@@ -337,6 +157,7 @@ class Ablation:
     cka: dict[str, np.ndarray] = field(default_factory=dict)
     cka_task: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
@@ -386,856 +207,244 @@ class Ablation:
         return (self.indices[self.names.index(name)] >= 0).sum(-1)
 
 
-# ============================================================== running
-class NothingRan(ValueError):
-    """Every question's video was missing or unreadable; ``problems`` says which and why."""
-
-    def __init__(self, message: str, problems: list[tuple[str, str, str]]):
-        super().__init__(message)
-        self.problems = problems
-
-
-def _score(lm, entries: list[tuple[_Prepared, str]], batch_size: int, generate: bool, max_new_tokens: int):
-    """(question, condition) pairs -> list of (pred, probs [k] | None, response | None),
-    in order. Videos are batched by frame shape (LLaVA stacks them)."""
+# ============================================================== one question
+def _answers(lm, q: QuestionFrames, names: list[str], batch_size: int, generate: bool,
+             max_new_tokens: int) -> dict[str, tuple[int, np.ndarray | None, str | None]]:
+    """A question under the conditions ``names`` -> {name: (option chosen or -1,
+    probabilities [k] or None, generated text or None)}. Conditions with the
+    same frame count are batched (LLaVA stacks the videos of a batch)."""
     from tracing.inputs import build_inputs
+    from tracing.scoring import generate as greedy
     from tracing.scoring import score
 
-    out: list = [None] * len(entries)
-    by_shape: dict[tuple, list[int]] = defaultdict(list)
-    for j, (p, name) in enumerate(entries):
-        ix = p.indices[name]
-        by_shape[(len(ix), *p.store[int(ix[0])].shape)].append(j)
-    for js in by_shape.values():
-        for b0 in range(0, len(js), batch_size):
-            chunk = js[b0 : b0 + batch_size]
-            items = []
-            for j in chunk:  # built per batch: a 16-frame 336 px video is 20 MB of pixels
-                p, name = entries[j]
-                s = p.sample
-                items.append(build_inputs(lm, p.frames(name), s.question, s.options, s.answer,
-                                          sampled_fps=p.sampled_fps(name)))
+    s = q.sample
+    by_count: dict[int, list[str]] = {}
+    for n in names:
+        by_count.setdefault(len(q.indices[n]), []).append(n)
+    out = {}
+    for group in by_count.values():
+        for b0 in range(0, len(group), batch_size):
+            chunk = group[b0 : b0 + batch_size]
+            items = [build_inputs(lm, q.frames(n), s.question, s.options, s.answer, sampled_fps=q.sampled_fps(n))
+                     for n in chunk]
             if generate:
-                for j, (inp, _) in zip(chunk, items):
-                    text = _generate(lm, inp, max_new_tokens)
-                    k = parse_answer(text, entries[j][0].sample.options)
-                    out[j] = (-1 if k is None else k, None, text)
+                for n, (inp, _) in zip(chunk, items):
+                    text = greedy(lm, inp, max_new_tokens)
+                    k = parse_answer(text, s.options)
+                    out[n] = (-1 if k is None else k, None, text)
             else:
                 sc = score(lm, items, batch_size)
-                for r, j in enumerate(chunk):
-                    out[j] = (int(sc.pred[r]), sc.probs[r], None)
+                for r, n in enumerate(chunk):
+                    out[n] = (int(sc.pred[r]), sc.probs[r], None)
     return out
 
 
-def _generate(lm, inputs: dict, max_new_tokens: int) -> str:
-    import torch
-
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with torch.no_grad():
-        g = lm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    return tok.decode(g[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
-def _residuals(lm, p: _Prepared, name: str) -> np.ndarray:
+def _residuals(lm, q: QuestionFrames, name: str) -> np.ndarray:
     """The last position's residual stream after every layer: float32 [L, d]."""
     from tracing.capture import capture
     from tracing.inputs import build_inputs
 
-    s = p.sample
-    inp, lay = build_inputs(lm, p.frames(name), s.question, s.options, s.answer, sampled_fps=p.sampled_fps(name))
+    s = q.sample
+    inp, lay = build_inputs(lm, q.frames(name), s.question, s.options, s.answer, sampled_fps=q.sampled_fps(name))
     acts = capture(lm, inp, lay, "resid_post", positions="last")
-    return np.stack([acts[f"blocks.{l}.hook_resid_post"].float().cpu().numpy() for l in range(lm.n_layers)])
+    return np.stack([acts[f"blocks.{l}.hook_resid_post"].float().cpu().numpy().reshape(-1)
+                     for l in range(lm.n_layers)])
 
 
-def _metas(ids, tasks, answers, n_options) -> list:
-    """The file's /samples: one SampleMeta per question asked."""
+def _unit_meta(s: Sample) -> dict:
+    meta = {"question": s.question, "options": list(s.options)}
+    if s.meta.get("demonstration_type") is not None:
+        meta["demonstration_type"] = s.meta["demonstration_type"]
+    return meta
+
+
+def declare(lm, samples: list[Sample], cfg: AblationConfig, config: dict | None = None):
+    """Every question under every condition as a run-engine declaration: one
+    unit per question, returning the arrays of the module docstring's file.
+    config: what else identifies the run (the data's settings)."""
+    from analyses.run import Declaration, SkipUnit
+    from tasks.video import VideoError
     from tracing.store import SampleMeta
 
-    return [SampleMeta(str(i), str(t), int(a), int(a), {"n_options": int(k)})
-            for i, t, a, k in zip(ids, tasks, answers, n_options)]
-
-
-def sample_metas(samples: list[Sample]) -> list:
-    """The /samples rows of a run over these questions (what a results file is identified by)."""
-    return _metas([s.id for s in samples], [s.task for s in samples], [s.answer for s in samples],
-                  [len(s.options) for s in samples])
-
-
-@dataclass
-class _Record:
-    """Per-question results of a run over N questions (the rows of the file's
-    /samples, those whose video failed included), filled chunk by chunk: the
-    layout the file stores. Shapes as in ``Ablation`` with n = N, plus
-
-    ok:       bool [N] the question ran (False: its video is missing or unreadable)
-    done:     bool [N] the question was attempted (ran or failed): what a resumed run skips
-    problems: {row: (id, path, reason)}; notes: {row: [text]}
-    """
-
-    correct: np.ndarray
-    pred: np.ndarray
-    probs: np.ndarray
-    indices: np.ndarray
-    n_total: np.ndarray
-    human: np.ndarray
-    ok: np.ndarray
-    done: np.ndarray
-    responses: np.ndarray | None
-    unparsed: np.ndarray | None
-    problems: dict = field(default_factory=dict)
-    notes: dict = field(default_factory=dict)
-
-    ARRAYS = ("correct", "pred", "probs", "indices", "n_total", "human", "ok", "done", "responses", "unparsed")
-    STORED = {"human": "human_frame"}  # field -> result name, where they differ
-
-    @classmethod
-    def empty(cls, C: int, N: int, K: int, F: int, generate: bool) -> "_Record":
-        return cls(correct=np.full((C, N), np.nan), pred=np.full((C, N), -1, dtype=np.int64),
-                   probs=np.full((C, N, K), np.nan), indices=np.full((C, N, F), -1, dtype=np.int64),
-                   n_total=np.zeros(N, dtype=np.int64), human=np.full(N, -1, dtype=np.int64),
-                   ok=np.zeros(N, dtype=bool), done=np.zeros(N, dtype=bool),
-                   responses=np.full((C, N), "", dtype=object) if generate else None,
-                   unparsed=np.zeros((C, N), dtype=bool) if generate else None)
-
-    def reset(self, rows: list[int]) -> None:
-        """Forget what these rows hold (a chunk about to run again)."""
-        C, N, K = self.probs.shape
-        fresh = _Record.empty(C, N, K, self.indices.shape[2], self.responses is not None)
-        for name in self.ARRAYS:
-            a, b = getattr(self, name), getattr(fresh, name)
-            if a is None:
-                continue
-            if a.ndim == 1:
-                a[rows] = b[rows]
-            else:
-                a[:, rows] = b[:, rows]
-        for r in rows:
-            self.problems.pop(r, None)
-            self.notes.pop(r, None)
-
-    @classmethod
-    def load(cls, path: Path, C: int, N: int, K: int, F: int, generate: bool) -> "_Record | None":
-        """The progress a file holds, or None when it holds none of this shape."""
-        from tracing.store import CacheReader
-
-        r = CacheReader(path)
-        if "tomato/done" not in r.results():
-            return None  # written before runs were resumable, or another analysis's file
-        rec = cls.empty(C, N, K, F, generate)
-        for name in cls.ARRAYS:
-            if getattr(rec, name) is None:
-                continue
-            arr, attrs = r.result(f"tomato/{cls.STORED.get(name, name)}")
-            if arr.shape != getattr(rec, name).shape:
-                return None
-            setattr(rec, name, arr.astype(object) if name == "responses" else arr)
-        _, attrs = r.result("tomato/done")
-        rec.problems = {int(row): (i, p, why) for row, i, p, why in attrs["problems"]}
-        for row, text in attrs["notes"]:
-            rec.notes.setdefault(int(row), []).append(text)
-        return rec
-
-    def save(self, rf, conds: list[Condition]) -> None:
-        """Write every array into a ResultsFile, ``done`` last: a kill in between
-        leaves rows not marked done, which a resumed run computes again."""
-        cattrs = {"conditions": [asdict(c) for c in conds]}
-        w = lambda name, arr, attrs=None: rf.write_result(f"tomato/{name}", arr, attrs, overwrite=True)  # noqa: E731
-        w("correct", self.correct, {**cattrs, "notes": self.note_list()})
-        w("pred", self.pred, cattrs)
-        w("probs", self.probs, cattrs)
-        w("indices", self.indices, cattrs)
-        w("n_total", self.n_total)
-        w("human_frame", self.human)
-        w("ok", self.ok, {"what": "the question ran (False: its video is missing or unreadable)"})
-        if self.responses is not None:
-            w("responses", np.asarray(self.responses, dtype=str), cattrs)
-            w("unparsed", self.unparsed, cattrs)
-        w("done", self.done, {"what": "the question was attempted; a resumed run skips these",
-                              "problems": [[r, *self.problems[r]] for r in sorted(self.problems)],
-                              "notes": [[r, t] for r in sorted(self.notes) for t in self.notes[r]]})
-
-    def note_list(self) -> list[str]:
-        return [t for r in sorted(self.notes) for t in self.notes[r]]
-
-    def problem_list(self) -> list[tuple[str, str, str]]:
-        return [tuple(self.problems[r]) for r in sorted(self.problems)]
-
-
-class _Residuals:
-    """The last position's residual stream of each question under multi, shuffled_*
-    and reversed, kept until the order analysis has every question: in memory, or,
-    for a resumable run, in a kill-safe activation cache (``tracing.store.CacheWriter``)
-    at ``path``, so that a resumed run does not recompute them. The cache is scratch:
-    one of another run is replaced, and ``remove`` deletes it once the analysis is stored."""
-
-    def __init__(self, path: Path | None, ident: tuple):
-        self.path, self.ident = path, ident
-        self._mem: dict[str, np.ndarray] = {}
-        self._w = None
-        self._done: set[int] = set()
-        if path is not None and path.exists():
-            self._open()
-
-    def _open(self):
-        from tracing.store import CacheMismatchError, CacheWriter
-
-        try:
-            self._w = CacheWriter.open(self.path, *self.ident)
-        except CacheMismatchError:
-            self.path.unlink()
-            self._w = CacheWriter.open(self.path, *self.ident)
-
-    def complete(self, row: int) -> bool:
-        if self.path is None:
-            return row in self._done
-        return self._w is not None and self._w.is_complete(row)
-
-    def put(self, row: int, acts: dict[str, np.ndarray], n: int) -> None:
-        """Store row's residuals {condition: float32 [L, d]} (n: questions in the run)."""
-        if self.path is None:
-            for name, r in acts.items():
-                if name not in self._mem:
-                    self._mem[name] = np.full((n, *r.shape), np.nan, dtype=np.float32)
-                self._mem[name][row] = r
-            self._done.add(row)
-            return
-        if self._w is None:
-            self._open()
-        self._w.write_sample(row, acts, {})
-
-    def get(self, rows: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-        """{condition: float32 [len(rows), L, d]} for the given conditions, in their order."""
-        if self.path is None:
-            return {k: self._mem[k][rows] for k in names}
-        from tracing.store import CacheReader
-
-        if self._w is not None:  # HDF5 does not open one file twice in a process
-            self._w.close()
-            self._w = None
-        r = CacheReader(self.path)
-        return {k: r.acts(k, rows) for k in names}
-
-    def remove(self) -> None:
-        if self._w is not None:
-            self._w.close()
-            self._w = None
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-
-def residuals_path(checkpoint: str | Path) -> Path:
-    """Where a resumable run keeps its residual streams until the order analysis is stored."""
-    p = Path(checkpoint)
-    return p.with_name(p.name + ".residuals")
-
-
-def run_ablation(lm, samples: list[Sample], cfg: AblationConfig, dataset: str = "synthetic",
-                 config: dict | None = None, progress: bool = True,
-                 checkpoint: str | Path | None = None) -> tuple[Ablation, list[tuple[str, str, str]]]:
-    """Answer every question under every condition.
-
-    Questions run in chunks of ``cfg.chunk`` (their frames decoded together).
-    checkpoint: a results file (``tracing.store.ResultsFile``) that every chunk
-    is saved into as it completes, in the layout ``load_results`` reads; the
-    residual streams of the order analysis wait in ``residuals_path(checkpoint)``
-    (deleted once the analysis is stored). A call with the same model, dataset,
-    configuration and questions resumes it: chunks already there are not run
-    again, and the result equals an uninterrupted run's. The file is created
-    with the first chunk in which a question runs (if none does, nothing is
-    written); one of another run raises CacheMismatchError and is not touched.
-
-    Returns (Ablation over the questions that ran, problems): problems are
-    (question id, video path, reason) for each question whose video is missing
-    or unreadable; those questions are left out.
-    """
-    from tqdm import tqdm
-
-    from tracing.store import CacheReader, ResultsFile
-
     if not samples:
-        raise ValueError("run_ablation: no questions to run")
-    conds = plan_conditions(cfg)
-    C, N = len(conds), len(samples)
-    K = max(len(s.options) for s in samples)
-    F = max(cfg.frames, 1)
-    config = config if config is not None else asdict(cfg)
-    metas = sample_metas(samples)
-    ident = (lm.name, lm.fingerprint, dataset, config, metas)
-    rf, rec = None, None
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        if checkpoint.exists():
-            rf = ResultsFile.open(checkpoint, *ident)  # CacheMismatchError: another run's
-            rec = _Record.load(checkpoint, C, N, K, F, cfg.generate)
-    rec = rec or _Record.empty(C, N, K, F, cfg.generate)
-    stored = rec.done.all() and rf is not None and "tomato/internals/cos" in CacheReader(checkpoint).results()
-    perturbed = [c.name for c in conds if c.kind in ("shuffled", "reversed")]
-    resid = None
-    if cfg.internals and not stored:
-        resid = _Residuals(None if checkpoint is None else residuals_path(checkpoint), ident)
+        raise ValueError("tomato: no questions to run")
+    conds = cfg.conditions()
+    C, K, F = len(conds), max(len(s.options) for s in samples), cfg.frames
+    shapes = {"pred": ((C,), "int64"), "probs": ((C, K), "float32"), "indices": ((C, F), "int64"),
+              "n_total": ((1,), "int64"), "human": ((1,), "int64")}
+    kept = resid_names(conds)
+    if cfg.internals:
+        width = lm.module(lm.family.unembed).weight.shape[1]
+        shapes["resid"] = ((len(kept), lm.n_layers, width), "float32")
     recipe = getattr(lm, "recipe", None)
 
-    bar = tqdm(total=N, desc=f"tomato ablations ({lm.name})", unit="question", disable=not progress)
-    for c0 in range(0, N, cfg.chunk):
-        rows = list(range(c0, min(c0 + cfg.chunk, N)))
-        if all(rec.done[r] and (resid is None or not rec.ok[r] or resid.complete(r)) for r in rows):
-            bar.update(len(rows))
-            continue
-        rec.reset(rows)  # a chunk runs whole: its batches, hence its numbers, are an uninterrupted run's
-        prepared = []
-        for row in rows:
-            s = samples[row]
-            rec.done[row] = True
-            try:
-                p, nts = prepare(s, row, conds, recipe)
-            except VideoError as e:
-                rec.problems[row] = (s.id, e.path, e.reason)
-                continue
-            if nts:
-                rec.notes[row] = nts
-            prepared.append(p)
-            rec.ok[row] = True
-            rec.n_total[row], rec.human[row] = p.n_total, p.human
-            for ci, c in enumerate(conds):
-                ix = p.indices[c.name]
-                if ix is not None:
-                    rec.indices[ci, row, : len(ix)] = ix
-        done: dict[tuple, tuple] = {}  # (row, frame list) -> result: identical inputs run once
-        for ci, c in enumerate(conds):
-            bar.set_postfix(condition=c.name)
-            todo, keys = [], []
-            for p in prepared:
-                ix = p.indices[c.name]
-                if ix is None:
-                    continue
-                key = (p.row, tuple(int(i) for i in ix))
-                if key not in done:
-                    todo.append((p, c.name))
-                    keys.append(key)
-            for key, res in zip(keys, _score(lm, todo, cfg.batch_size, cfg.generate, cfg.max_new_tokens)):
-                done[key] = res
-            for p in prepared:
-                ix = p.indices[c.name]
-                if ix is None:
-                    continue
-                k, pr, text = done[(p.row, tuple(int(i) for i in ix))]
-                rec.pred[ci, p.row] = k
-                rec.correct[ci, p.row] = float(k == p.sample.answer)
-                if pr is not None:
-                    rec.probs[ci, p.row, : len(pr)] = pr
-                if cfg.generate:
-                    rec.responses[ci, p.row] = text
-                    rec.unparsed[ci, p.row] = k < 0
-        if resid is not None:
-            bar.set_postfix(condition="residuals")
-            for p in prepared:
-                resid.put(p.row, {name: _residuals(lm, p, name) for name in ["multi", *perturbed]}, N)
-        if checkpoint is not None and rec.ok.any():
-            rf = rf or ResultsFile.open(checkpoint, *ident)
-            _write_static(rf, samples, conds)
-            rec.save(rf, conds)
-        bar.update(len(rows))
-    bar.close()
+    def resize(arr):  # as the model's processor resizes: build_inputs' own resize is then a no-op
+        from tracing.preprocess import resize_frames
 
-    problems = rec.problem_list()
-    keep = np.flatnonzero(rec.ok)
-    if keep.size == 0:
-        raise NothingRan(f"none of the {N} questions could be run (no video decoded)", problems)
-    groups = {"task": np.array([samples[i].task for i in keep], dtype=object)}
-    demo = [samples[i].meta.get("demonstration_type") for i in keep]
+        return resize_frames(arr, recipe)
+
+    def compute(i):
+        s = samples[i]
+        try:
+            q, notes = question_frames(s, conds, None if recipe is None else resize)
+        except VideoError as e:
+            raise SkipUnit(str(e)) from None
+        key = {c.name: tuple(int(x) for x in q.indices[c.name]) for c in conds if q.indices[c.name] is not None}
+        first = {}  # frame list -> the condition that runs it: identical inputs run once
+        for name, k in key.items():
+            first.setdefault(k, name)
+        got = _answers(lm, q, list(first.values()), cfg.batch_size, cfg.generate, cfg.max_new_tokens)
+        pred, probs = np.full(C, -1, np.int64), np.full((C, K), np.nan, np.float32)
+        idx, responses = np.full((C, F), -1, np.int64), [""] * C
+        for ci, c in enumerate(conds):
+            if c.name not in key:
+                continue
+            idx[ci, : len(key[c.name])] = key[c.name]
+            pred[ci], p, text = got[first[key[c.name]]]
+            if p is not None:
+                probs[ci, : len(p)] = p
+            responses[ci] = text or ""
+        arrays = {"pred": pred, "probs": probs, "indices": idx, "n_total": np.array([q.n_total]),
+                  "human": np.array([q.human])}
+        if cfg.internals:
+            arrays["resid"] = np.stack([_residuals(lm, q, n) for n in kept])
+        meta = {"notes": notes} if notes else {}
+        if cfg.generate:
+            meta["responses"] = responses
+        return arrays, {}, meta
+
+    units = [SampleMeta(s.id, s.task, int(s.answer), -1, _unit_meta(s)) for s in samples]
+    cfg_dict = {**asdict(cfg), "conditions": [asdict(c) for c in conds], **(config or {})}
+    # a unit's meta holds its generated responses: room for them at ~16 bytes a token
+    json_bytes = 16384 + (C * cfg.max_new_tokens * 16 if cfg.generate else 0)
+    return Declaration("tomato", cfg_dict, units, compute, shapes=shapes, max_json_bytes=json_bytes,
+                       describe=f"tomato ablations ({lm.name})")
+
+
+# ============================================================== from the per-question arrays
+def reduce(arrays: dict[str, np.ndarray], rows: list[dict], conditions: list[Condition], model: str = "",
+           fingerprint: str = "", dataset: str = "", config: dict | None = None,
+           skipped: list | None = None) -> Ablation:
+    """The Ablation of the n questions that ran from their stacked per-question
+    arrays ({name: [n, ...]} as ``declare``'s units return them) and rows (per
+    question: id, task, label, options, optional demonstration_type, notes,
+    responses). The order analysis when ``arrays`` holds 'resid'."""
+    config = config or {}
+    pred = arrays["pred"].T.astype(np.int64)
+    indices = np.moveaxis(arrays["indices"], 0, 1).astype(np.int64)
+    ran = indices[..., 0] >= 0
+    answers = np.array([int(r["label"]) for r in rows])
+    generate = bool(config.get("generate"))
+    groups = {"task": np.array([r["task"] for r in rows], dtype=object)}
+    demo = [r.get("demonstration_type") for r in rows]
     if any(d is not None for d in demo):
         groups["demonstration_type"] = np.array([d or "" for d in demo], dtype=object)
     ab = Ablation(
-        model=lm.name, fingerprint=lm.fingerprint, dataset=dataset, config=config, conditions=conds,
-        ids=np.array([samples[i].id for i in keep], dtype=object),
-        answers=np.array([samples[i].answer for i in keep]),
-        n_options=np.array([len(samples[i].options) for i in keep]),
-        groups=groups, correct=rec.correct[:, keep], pred=rec.pred[:, keep], probs=rec.probs[:, keep],
-        indices=rec.indices[:, keep], n_total=rec.n_total[keep], human_frame=rec.human[keep],
-        responses=None if rec.responses is None else rec.responses[:, keep],
-        unparsed=None if rec.unparsed is None else rec.unparsed[:, keep], notes=rec.note_list(),
-    )
-    if stored:
-        _read_internals(CacheReader(checkpoint), ab, keep)
-    elif cfg.internals:
-        order_internals(ab, resid.get(keep, ["multi", *perturbed]))
-        if checkpoint is not None:
-            _write_internals(rf, ab, keep, N)
-        resid.remove()
-    return ab, problems
-
-
-def _write_static(rf, samples: list[Sample], conds: list[Condition]) -> None:
-    """What the questions alone fix (written with the first chunk)."""
-    from tracing.store import CacheReader
-
-    if "tomato/n_options" in CacheReader(rf.path).results():
-        return
-    rf.write_result("tomato/n_options", np.array([len(s.options) for s in samples]), overwrite=True)
-    groups = {"task": [s.task for s in samples]}
-    demo = [s.meta.get("demonstration_type") for s in samples]
-    if any(d is not None for d in demo):
-        groups["demonstration_type"] = [d or "" for d in demo]
-    for g, v in groups.items():
-        rf.write_result(f"tomato/groups/{g}", np.asarray(v, dtype=str), overwrite=True)
-
-
-def _scatter(x: np.ndarray, rows: np.ndarray, N: int, axis: int) -> np.ndarray:
-    """x with its ``axis`` (one entry per question that ran) spread over all N questions, NaN elsewhere."""
-    shape = list(x.shape)
-    shape[axis] = N
-    out = np.full(shape, np.nan)
-    idx = [slice(None)] * x.ndim
-    idx[axis] = rows
-    out[tuple(idx)] = x
-    return out
-
-
-def _write_internals(rf, ab: Ablation, rows: np.ndarray, N: int) -> None:
-    if not ab.cos:
-        return
-    names = list(ab.cos)
-    tasks = list(dict.fromkeys(ab.tasks))
-    a = {"conditions": names, "layers": ab.layers}
-    w = lambda name, arr, attrs: rf.write_result(f"tomato/internals/{name}", arr, attrs, overwrite=True)  # noqa: E731
-    w("cos", _scatter(np.stack([ab.cos[n] for n in names]), rows, N, 1), a)
-    w("cka", np.stack([ab.cka[n] for n in names]), a)
-    w("cka_task", np.stack([ab.cka_task[n] for n in names]), {**a, "tasks": tasks})
-
-
-def _read_internals(r, ab: Ablation, rows: np.ndarray) -> None:
-    names = r.results()
-    if "tomato/internals/cos" not in names:
-        return
-    cos, a = r.result("tomato/internals/cos")
-    cka, _ = r.result("tomato/internals/cka")
-    cka_task, _ = r.result("tomato/internals/cka_task")
-    ab.layers = list(a["layers"])
-    for j, n in enumerate(a["conditions"]):
-        ab.cos[n], ab.cka[n], ab.cka_task[n] = cos[j][rows], cka[j], cka_task[j]
-
-
-def order_internals(ab: Ablation, resid: dict[str, np.ndarray], min_task: int = 8) -> None:
-    """Fill ab.cos / ab.cka / ab.cka_task from residuals {condition: float [n, L, d]}
-    (``multi`` is the ordered reference)."""
-    ref = resid["multi"]
-    L = ref.shape[1]
-    ab.layers = list(range(L))
-    tasks = list(dict.fromkeys(ab.tasks))
-    for name, x in resid.items():
-        if name == "multi":
-            continue
-        ab.cos[name] = M.cosine_distance(ref, x)
-        ab.cka[name] = np.array([M.linear_cka(ref[:, l], x[:, l]) for l in range(L)])
-        per = np.full((len(tasks), L), np.nan)
-        for t, task in enumerate(tasks):
-            m = ab.tasks == task
-            if m.sum() >= min_task:  # CKA of a handful of points is 1 by construction
-                per[t] = [M.linear_cka(ref[m, l], x[m, l]) for l in range(L)]
-        ab.cka_task[name] = per
-
-
-# ============================================================== the HDF5 file
-# One row per question asked (/samples), those whose video failed included
-# (tomato/ok False); every per-question array has that row axis, NaN / -1 where
-# a question did not run. tomato/done marks the rows a run has finished, so a
-# killed run resumes; tomato/report is written last.
-def save_results(ab: Ablation, path: str | Path, report_md: str | None = None, n_boot: int = 1000,
-                 seed: int = 0) -> Path:
-    """Write an Ablation into a ResultsFile (created, or overwritten in one of the
-    same run); it refuses a file of another model or configuration. Everything
-    under /results/tomato/; ``report_md`` (the table as written, with the
-    bootstrap settings that made it) lets a reader check that its own rebuild
-    matches. (The CLI writes the same layout chunk by chunk: ``run_ablation``'s
-    checkpoint, then ``finish_results``.)"""
-    from tracing.store import ResultsFile
-
-    n = len(ab.ids)
-    rf = ResultsFile.open(path, ab.model, ab.fingerprint, ab.dataset, ab.config,
-                          _metas(ab.ids, ab.tasks, ab.answers, ab.n_options))
-    rec = _Record(correct=ab.correct, pred=ab.pred, probs=ab.probs, indices=ab.indices, n_total=ab.n_total,
-                  human=ab.human_frame, ok=np.ones(n, bool), done=np.ones(n, bool), responses=ab.responses,
-                  unparsed=ab.unparsed, notes={0: list(ab.notes)} if ab.notes else {})
-    rf.write_result("tomato/n_options", np.asarray(ab.n_options), overwrite=True)
-    for g, v in ab.groups.items():
-        rf.write_result(f"tomato/groups/{g}", np.asarray(v, dtype=str), overwrite=True)
-    rec.save(rf, ab.conditions)
-    _write_internals(rf, ab, np.arange(n), n)
-    return finish_results(ab, path, report_md, n_boot, seed)
-
-
-def finish_results(ab: Ablation, path: str | Path, report_md: str | None = None, n_boot: int = 1000,
-                   seed: int = 0) -> Path:
-    """Add what is derived from a whole run to its file: per-question flip rates and
-    the report (written last: a file with a report is a finished run)."""
-    from tracing.store import CacheReader, ResultsFile
-
-    r = CacheReader(path)
-    ok = r.result("tomato/ok")[0] if "tomato/ok" in r.results() else np.ones(r.n_samples, bool)
-    rows = np.flatnonzero(ok)
-    if r.samples["id"][rows].tolist() != [str(i) for i in ab.ids]:
-        raise ValueError(f"{path}: its questions are not this Ablation's")
-    rf = ResultsFile(path)
-    rf.write_result("tomato/flip_rate", _scatter(ab.flip_rate(), rows, r.n_samples, 0),
-                    {"what": "fraction of shuffle seeds under which the answer differs from multi's"},
-                    overwrite=True)
-    if report_md is not None:
-        rf.write_result("tomato/report", np.array(report_md), {"n_boot": int(n_boot), "seed": int(seed)},
-                        overwrite=True)
-    return Path(path)
-
-
-def run_progress(path: str | Path) -> tuple[int, int] | None:
-    """(questions done, questions asked) of the run a results file holds: what a
-    resumed run skips. None when it holds no TOMATO run."""
-    from tracing.store import CacheReader
-
-    r = CacheReader(path)
-    names = r.results()
-    if "tomato/done" in names:
-        return int(r.result("tomato/done")[0].sum()), r.n_samples
-    if "tomato/correct" in names:  # killed while its first chunk was written, or older than resuming: run again
-        return 0, r.n_samples
-    return None
-
-
-def stored_report(path: str | Path) -> tuple[str, dict]:
-    """(markdown table as the CLI wrote it, {'n_boot', 'seed'}) from a results file."""
-    from tracing.store import CacheReader
-
-    text, attrs = CacheReader(path).result("tomato/report")
-    return str(text), attrs
-
-
-def load_results(path: str | Path, partial: bool = False) -> Ablation:
-    """An Ablation read back from a file written by ``save_results`` or the CLI:
-    the questions that ran. A file whose run is not finished raises ValueError
-    (re-run the same command to finish it) unless ``partial``: then the
-    questions done so far (without the order analysis, which needs them all)."""
-    from tracing.store import CacheReader
-
-    r = CacheReader(path)
-    names = r.results()
-    if "tomato/correct" not in names:
-        raise KeyError(f"{path}: no TOMATO results (it holds {names}); write one with python -m analyses.tomato")
-    s = r.samples
-    N = len(s["id"])
-    get = lambda n: r.result(f"tomato/{n}")[0] if f"tomato/{n}" in names else None  # noqa: E731
-    done = get("done") if "tomato/done" in names else np.ones(N, bool)
-    if not done.all() and not partial:
-        raise ValueError(f"{path}: the run is not finished ({int(done.sum())} of {N} questions done); re-run the "
-                         "same command to resume it, or pass partial=True")
-    ok = get("ok") if "tomato/ok" in names else np.ones(N, bool)
-    keep = np.flatnonzero(ok & done)
-    correct, attrs = r.result("tomato/correct")
-    conds = [Condition(**c) for c in attrs["conditions"]]
-    groups = {"task": s["task"].astype(object)[keep]}
-    for n in names:
-        if n.startswith("tomato/groups/") and n != "tomato/groups/task":
-            groups[n.split("/")[-1]] = r.result(n)[0].astype(object)[keep]
-    col = lambda a: None if a is None else a[:, keep]  # noqa: E731
-    ab = Ablation(
-        model=str(r.attrs["model"]), fingerprint=str(r.attrs["model_fingerprint"]), dataset=str(r.attrs["dataset"]),
-        config=r.config, conditions=conds, ids=s["id"].astype(object)[keep], answers=s["answer"][keep],
-        n_options=get("n_options")[keep], groups=groups, correct=correct[:, keep], pred=col(get("pred")),
-        probs=col(get("probs")), indices=col(get("indices")), n_total=get("n_total")[keep],
-        human_frame=get("human_frame")[keep],
-        responses=None if get("responses") is None else get("responses").astype(object)[:, keep],
-        unparsed=col(get("unparsed")), notes=list(attrs.get("notes", [])),
-    )
-    if done.all():
-        _read_internals(r, ab, keep)
+        model=model, fingerprint=fingerprint, dataset=dataset, config=config, conditions=list(conditions),
+        ids=np.array([r["id"] for r in rows], dtype=object), answers=answers,
+        n_options=np.array([len(r["options"]) for r in rows]), groups=groups,
+        correct=np.where(ran, (pred == answers).astype(float), np.nan), pred=pred,
+        probs=np.moveaxis(arrays["probs"], 0, 1).astype(float), indices=indices,
+        n_total=arrays["n_total"][:, 0].astype(np.int64), human_frame=arrays["human"][:, 0].astype(np.int64),
+        responses=np.array([r["responses"] for r in rows], dtype=object).T if generate else None,
+        unparsed=ran & (pred < 0) if generate else None,
+        notes=[n for r in rows for n in r.get("notes", [])], skipped=list(skipped or []))
+    if "resid" in arrays and len(rows):
+        resid = arrays["resid"]  # [n, P, L, d]
+        ab.layers = list(range(resid.shape[2]))
+        for j, name in enumerate(resid_names(ab.conditions)[1:], start=1):
+            ab.cos[name], ab.cka[name], ab.cka_task[name] = M.order_sensitivity(resid[:, 0], resid[:, j], ab.tasks)
     return ab
 
 
-# ============================================================== the table
-COLUMNS = ["model", "by", "group", "n", "acc_first", "acc_middle", "acc_random", "acc_human", "n_human", "acc_multi",
-           "acc_shuffled", "acc_reversed", "kappa", "kappa_lo", "kappa_hi", "tau", "tau_lo", "tau_hi", "rho", "rho_lo",
-           "rho_hi", "tau_reversed", "flip_rate", "unparsed"]
+_UNIT_ARRAYS = ("pred", "probs", "indices", "n_total", "human")  # and "resid" with the order analysis
 
 
-def _group_order(values: np.ndarray) -> list[str]:
-    return list(dict.fromkeys(str(v) for v in values))
+def load_results(path: str | Path, partial: bool = False) -> Ablation:
+    """The Ablation of the run in the file at path (the questions that ran). A
+    run that is not finished raises ValueError (the same command resumes it)
+    unless ``partial``: then the questions done so far, without the order
+    analysis (which needs every question)."""
+    from tracing.store import CacheReader
+
+    r = CacheReader(path)
+    cfg = r.config
+    if cfg.get("analysis") != "tomato" or "pred" not in r.hooks:
+        raise KeyError(f"{path}: no TOMATO results (a {cfg.get('analysis', r.attrs.get('kind'))!r} file); "
+                       f"write one with python -m analyses.tomato")
+    s = r.samples
+    N, done = len(s["id"]), s["complete"]
+    if not done.all() and not partial:
+        raise ValueError(f"{path}: the run is not finished ({int(done.sum())} of {N} questions done); re-run the "
+                         "same command to resume it, or pass partial=True")
+    metas = [r.meta(i) for i in range(N)]
+    skipped = [(s["id"][i], metas[i]["skipped"]) for i in range(N) if done[i] and "skipped" in metas[i]]
+    keep = [i for i in range(N) if done[i] and "skipped" not in metas[i]]
+    if not keep and done.all():
+        raise ValueError(f"{path}: none of the {N} questions could be run"
+                         + (f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
+    names = _UNIT_ARRAYS + (("resid",) if "resid" in r.hooks and done.all() else ())
+    arrays = {n: r.acts(n, keep) for n in names}
+    rows = [{"id": s["id"][i], "task": s["task"][i], "label": s["label"][i], **metas[i]} for i in keep]
+    return reduce(arrays, rows, [Condition(**c) for c in cfg["conditions"]], str(r.attrs["model"]),
+                  str(r.attrs["model_fingerprint"]), str(r.attrs["dataset"]), cfg, skipped)
 
 
-def _pairs(ab: Ablation, mask: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """metric -> (numerator, denominator) per-question correctness [k]."""
-    multi, first = ab.correct_of("multi")[mask], ab.correct_of("single_first")[mask]
-    return {"kappa": (multi, first), "tau": (multi, ab.shuffled_correct()[mask]),
-            "rho": (ab.correct_of("single_human")[mask], first)}
+def run(lm, samples: list[Sample], out: str | Path, cfg: AblationConfig | None = None, dataset: str = "synthetic",
+        config: dict | None = None, overwrite: bool = False, progress: bool = True) -> Ablation:
+    """Every question under every condition into the HDF5 file ``out`` on the
+    run engine (resumable per question; another configuration refused unless
+    ``overwrite``) -> load_results(out)."""
+    from analyses import run as engine
+
+    decl = declare(lm, samples, cfg or AblationConfig(), config)
+    done = engine.run(decl, out, lm.name, lm.fingerprint, dataset, overwrite=overwrite, progress=progress)
+    return load_results(done.path)
 
 
-_GAINS = {"kappa": M.kappa, "tau": M.tau, "rho": M.rho}
+def run_ablation(lm, samples: list[Sample], cfg: AblationConfig | None = None, dataset: str = "synthetic",
+                 progress: bool = True) -> Ablation:
+    """The same as ``run`` in memory, without a file: every question's arrays -> ``reduce``."""
+    from tqdm import tqdm
+
+    from analyses.run import SkipUnit
+
+    cfg = cfg or AblationConfig()
+    decl = declare(lm, samples, cfg)
+    per, rows, skipped = [], [], []
+    for i in tqdm(range(len(samples)), desc=decl.describe, unit="question", disable=not progress):
+        u = decl.units[i]
+        try:
+            arrays, _, meta = decl.compute(i)
+        except SkipUnit as e:
+            skipped.append((u.id, str(e)))
+            continue
+        per.append(arrays)
+        rows.append({"id": u.id, "task": u.task, "label": u.label, **u.meta, **meta})
+    if not per:
+        raise ValueError(f"none of the {len(samples)} questions could be run (first: {skipped[0][0]}: {skipped[0][1]})")
+    arrays = {n: np.stack([x[n] for x in per]) for n in per[0]}
+    return reduce(arrays, rows, cfg.conditions(), lm.name, lm.fingerprint, dataset, decl.identity_config(), skipped)
 
 
-def metric_rows(runs: list[Ablation], by: str = "task", n_boot: int = 1000, seed: int = 0) -> list[dict]:
-    """One row per model and group (+ 'all'), and with several models an
-    'average' row per group: accuracies and metrics as means of per-model
-    values, intervals from a bootstrap that resamples every model's questions.
+def store_report(path: str | Path, markdown: str, n_boot: int, seed: int) -> None:
+    """The table as the CLI wrote it, with its bootstrap settings, into the run's
+    file (the engine's later stage: the file is replaced atomically; a report of
+    other settings is replaced, as they only change how the run is shown)."""
+    from analyses.run import later_stage
 
-    by: 'task' or 'demonstration_type' (benchmarks). Accuracies are percent;
-    kappa / tau / rho are NaN where undefined (with an UndefinedMetricWarning).
-    """
-    rows = []
-    per_group: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
-    order: list[str] = []
-    for ab in runs:
-        if by not in ab.groups:
-            raise KeyError(f"run of {ab.model!r} has no grouping {by!r}; it has {list(ab.groups)}")
-        gv = ab.groups[by].astype(str)
-        for g in _group_order(gv) + ["all"]:
-            if g not in order:
-                order.append(g)
-            mask = np.ones(len(gv), bool) if g == "all" else gv == g
-            where = f"{ab.model}, {by}={g}"
-            pairs = _pairs(ab, mask)
-            row = {"model": ab.model, "by": by, "group": g, "n": int(mask.sum()),
-                   "acc_first": M.accuracy(ab.correct_of("single_first")[mask]),
-                   "acc_middle": M.accuracy(ab.correct_of("single_middle")[mask]),
-                   "acc_random": M.accuracy(ab.correct_of("single_random")[mask]),
-                   "acc_human": M.accuracy(pairs["rho"][0]),
-                   "n_human": int((~np.isnan(ab.correct_of("single_human")[mask])).sum()),
-                   "acc_multi": M.accuracy(ab.correct_of("multi")[mask]),
-                   "acc_shuffled": M.accuracy(pairs["tau"][1]),
-                   "acc_reversed": M.accuracy(ab.correct_of("reversed")[mask])}
-            for k, (num, den) in pairs.items():
-                n, d = M.paired(num, den)
-                row[k] = _GAINS[k](M.accuracy(n), M.accuracy(d), where)
-                row[f"{k}_lo"], row[f"{k}_hi"] = M.bootstrap_gain([(num, den)], n_boot, seed)
-            row["tau_reversed"] = M.gain(ab.correct_of("multi")[mask], ab.correct_of("reversed")[mask],
-                                         "tau (reversed)", where)
-            row["flip_rate"] = float(np.nanmean(ab.flip_rate()[mask]) * 100) if ab.shuffled_names else float("nan")
-            row["unparsed"] = int(ab.unparsed[:, mask].sum()) if ab.unparsed is not None else 0
-            rows.append(row)
-            per_group[g].append((row, pairs))
-    if len(runs) > 1:
-        for g in order:
-            got = per_group[g]
-            if len(got) < len(runs):
-                continue  # a group some model did not run has no average over models
-            avg = {"model": "average", "by": by, "group": g, "n": int(sum(r["n"] for r, _ in got))}
-            for col in COLUMNS[4:]:
-                if col.endswith(("_lo", "_hi")) or col in _GAINS or col == "tau_reversed":
-                    continue
-                vals = [r[col] for r, _ in got]
-                avg[col] = float(np.mean(vals)) if col != "unparsed" and col != "n_human" else int(np.sum(vals))
-            for k in list(_GAINS) + ["tau_reversed"]:
-                avg[k] = M.average_over_models([r[k] for r, _ in got], k, f"{by}={g}")
-            for k in _GAINS:
-                avg[f"{k}_lo"], avg[f"{k}_hi"] = M.bootstrap_gain([p[k] for _, p in got], n_boot, seed)
-            rows.append(avg)
-    return rows
+    settings = {"n_boot": int(n_boot), "seed": int(seed)}
+    later_stage(path, "report", settings, lambda: {"markdown": (np.array(markdown), settings)}, overwrite=True,
+                log=lambda m: None)
 
 
-def _fmt(v, ci=None) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "undefined"
-    s = f"{v:.1f}"
-    if ci is not None and not any(np.isnan(c) for c in ci):
-        s += f" [{ci[0]:.1f}, {ci[1]:.1f}]"
-    return s
+def stored_report(path: str | Path) -> tuple[str, dict]:
+    """(markdown table as the CLI wrote it, {'n_boot', 'seed'}) from a run's file;
+    KeyError when none was stored (a run from Python)."""
+    from tracing.store import CacheReader
 
-
-def to_markdown(rows: list[dict], m: int | str = "m") -> str:
-    """The paper's table layout: accuracies, then kappa / tau / rho with 95% intervals."""
-    label = {"task": "Task", "demonstration_type": "Demonstration"}.get(rows[0]["by"], rows[0]["by"]) if rows else "Group"
-    head = ["Model", label, "n", "A_1", "A_1[H]", f"A_{m}", "A_shuf", "A_rev", "κ multi-frame gain",
-            "τ order sensitivity", "ρ information disparity", "flips %"]
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
-    for r in rows:
-        cells = [r["model"], r["group"], str(r["n"]), _fmt(r["acc_first"]), _fmt(r["acc_human"]), _fmt(r["acc_multi"]),
-                 _fmt(r["acc_shuffled"]), _fmt(r["acc_reversed"]),
-                 _fmt(r["kappa"], (r["kappa_lo"], r["kappa_hi"])), _fmt(r["tau"], (r["tau_lo"], r["tau_hi"])),
-                 _fmt(r["rho"], (r["rho_lo"], r["rho_hi"])), _fmt(r["flip_rate"])]
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
-
-
-def to_csv(rows: list[dict]) -> str:
-    """The rows as CSV (every COLUMNS field; NaN written as empty)."""
-    buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    wr.writeheader()
-    for r in rows:
-        wr.writerow({k: ("" if isinstance(r[k], float) and np.isnan(r[k]) else
-                         (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k])) for k in COLUMNS})
-    return buf.getvalue()
-
-
-def groupings(runs: list[Ablation]) -> list[str]:
-    return [g for g in GROUPINGS if all(g in ab.groups for ab in runs)]
-
-
-def report(runs: list[Ablation], n_boot: int = 1000, seed: int = 0) -> tuple[str, str]:
-    """(markdown, csv) of every grouping the runs share; what the CLI writes and
-    the notebook rebuilds."""
-    ab = runs[0]
-    m = multi_count(ab)
-    md = [f"## TOMATO ablations: {', '.join(r.model for r in runs)} on {ab.dataset}\n",
-          f"A_1: the first frame (as TOMATO's code); A_1[H]: the human-picked frame; A_{m}: {m} frames sampled "
-          f"uniformly (fewer where a video has fewer); A_shuf: the same frames shuffled, averaged over "
-          f"{len(ab.shuffled_names)} seeds; A_rev: reversed. κ = (A_{m} − A_1)/A_1, τ = (A_{m} − A_shuf)/A_shuf, "
-          f"ρ = (A_1[H] − A_1)/A_1, in percent, with bootstrap 95% intervals ({n_boot} resamples of the questions); "
-          f"ρ over the questions that have a human frame. flips: how often an answer changes under shuffling.\n"]
-    csvs = []
-    for by in groupings(runs):
-        rows = metric_rows(runs, by, n_boot, seed)
-        md.append(f"\n### by {by.replace('_', ' ')}\n\n" + to_markdown(rows, m))
-        csvs.append(to_csv(rows) if not csvs else to_csv(rows).split("\n", 1)[1])
-    un = sum(int(r.unparsed.sum()) for r in runs if r.unparsed is not None)
-    if any(r.unparsed is not None for r in runs):
-        md.append(f"\nUnparsed generated answers (counted wrong): {un}.\n")
-    return "".join(md), "".join(csvs)
-
-
-def multi_count(ab: Ablation) -> int:
-    """m as the questions got it: the median frame count of ``multi`` (the
-    nominal --frames is capped by each video's own count)."""
-    return int(np.median(ab.effective_frames("multi")))
-
-
-# ============================================================== figures
-def curve_figure(ab: Ablation):
-    """Accuracy against frame count, one panel per task: the uniform curve with
-    a 95% band, and shuffled / reversed at m and the other single frames at 1."""
-    from .plots import COLORS, band, panels
-
-    tasks = _group_order(ab.tasks) + ["all"]
-    fig, axes = panels(len(tasks), height=2.5)
-    curve = ab.curve()
-    for ax, task in zip(axes, tasks):
-        mask = np.ones(len(ab.ids), bool) if task == "all" else ab.tasks == task
-        xs, cols = [], []
-        for k, name in curve:
-            x = float(np.median(ab.effective_frames(name)[mask]))
-            if xs and x <= xs[-1]:
-                continue  # a nominal count past the videos' length repeats the last point
-            xs.append(x)
-            cols.append(ab.correct_of(name)[mask] * 100)
-        band(ax, xs, np.stack(cols, 1), "uniform", COLORS[0])
-        m = xs[-1]
-        marks = [("shuffled", ab.shuffled_correct(), m, COLORS[1], "o"),
-                 ("reversed", ab.correct_of("reversed"), m, COLORS[2], "s"),
-                 ("middle", ab.correct_of("single_middle"), 1, COLORS[3], "^"),
-                 ("random", ab.correct_of("single_random"), 1, COLORS[4], "v"),
-                 ("human", ab.correct_of("single_human"), 1, COLORS[5], "*")]
-        for label, c, x, color, marker in marks:
-            c = c[mask]
-            if np.isnan(c).all():
-                continue
-            lo, hi = M.bootstrap_mean(c, 500)
-            mu = M.accuracy(c)
-            ax.errorbar([x], [mu], yerr=[[mu - lo], [hi - mu]], fmt=marker, color=color, ms=4, lw=0.8, label=label)
-        chance = float(np.mean(100.0 / ab.n_options[mask]))
-        ax.axhline(chance, color="grey", lw=0.6, ls="--")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [str(int(x)) if x == int(x) else f"{x:g}" for x in xs])
-        ax.set_ylim(0, 102)
-        ax.set_title(task)
-        ax.set_xlabel("frames")
-    axes[0].set_ylabel("accuracy (%)")
-    _legend_right(fig, axes)
-    fig.tight_layout()
-    return fig
-
-
-def _legend_right(fig, axes) -> None:
-    """One legend for all panels, outside them on the right (no line hidden under it)."""
-    seen: dict = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(lab, h)
-    fig.legend(list(seen.values()), list(seen), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
-
-
-def metrics_figure(rows: list[dict]):
-    """kappa, tau and rho per group with their bootstrap 95% intervals."""
-    from .plots import COLORS, panels
-
-    fig, axes = panels(3, width=2.8, height=0.35 * len(rows) + 1.0)
-    labels = [r["group"] if r["model"] in (rows[0]["model"],) else f"{r['model']}: {r['group']}" for r in rows]
-    y = np.arange(len(rows))[::-1]
-    for ax, (k, title), color in zip(axes, [("kappa", "κ multi-frame gain"), ("tau", "τ order sensitivity"),
-                                            ("rho", "ρ information disparity")], COLORS):
-        v = np.array([r[k] for r in rows], dtype=float)
-        lo = np.array([r[f"{k}_lo"] for r in rows], dtype=float)
-        hi = np.array([r[f"{k}_hi"] for r in rows], dtype=float)
-        ok = ~np.isnan(v)
-        err = np.stack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)])
-        # A dot and its interval (not a bar): a gain of 0 must be visible too.
-        ax.errorbar(v[ok], y[ok], xerr=err[:, ok], fmt="o", color=color, ms=4, lw=1.0, capsize=2)
-        for yy in y[~ok]:
-            ax.text(0, yy, " undefined", va="center", fontsize=6, color="grey")
-        ax.axvline(0, color="grey", lw=0.6)
-        ax.set_yticks(y, labels if ax is axes[0] else [""] * len(rows))
-        ax.set_ylim(-0.7, len(rows) - 0.3)
-        ax.set_title(title)
-        ax.set_xlabel("%")
-    fig.tight_layout()
-    return fig
-
-
-def _palette(n: int) -> list:
-    """n distinguishable colours: the house colours, or tab20 beyond them."""
-    from .plots import COLORS
-
-    if n <= len(COLORS):
-        return COLORS[:n]
-    import matplotlib
-
-    return [matplotlib.colormaps["tab20"](i % 20) for i in range(n)]
-
-
-def layers_figure(ab: Ablation):
-    """Order sensitivity against layer: the last position's cosine distance from
-    the ordered run (shuffled, averaged over seeds; reversed), per task with a 95%
-    band, and 1 - linear CKA over all questions."""
-    from .plots import band, panels
-
-    if not ab.cos:
-        raise ValueError(f"run of {ab.model!r} holds no residual-stream measurements (run without --no-internals)")
-    shuf = [n for n in ab.cos if n.startswith("shuffled")]
-    kinds = ([("shuffled", np.mean([ab.cos[n] for n in shuf], 0), shuf)] if shuf else []) + \
-            ([("reversed", ab.cos["reversed"], ["reversed"])] if "reversed" in ab.cos else [])
-    fig, axes = panels(len(kinds) + 1, width=2.8)
-    x = np.array(ab.layers)
-    tasks = _group_order(ab.tasks)
-    pal = _palette(len(tasks))
-    for ax, (label, cos, _) in zip(axes, kinds):
-        for t, task in enumerate(tasks):
-            band(ax, x, cos[ab.tasks == task], task, pal[t])
-        ax.set_title(f"{label}: 1 − cos to ordered")
-        ax.set_xlabel("layer")
-    axes[0].set_ylabel("cosine distance (last position)")
-    _legend_right(fig, axes[:1])
-    ax = axes[-1]
-    for j, (label, _, names) in enumerate(kinds):
-        ax.plot(x, 1 - np.mean([ab.cka[n] for n in names], 0), color="k", ls=["-", "--"][j % 2],
-                label=f"{label}, all questions", marker="o", ms=3)
-    if shuf:  # within a task (>= 8 questions): order is then the only thing that differs between the runs
-        per = 1 - np.mean([ab.cka_task[n] for n in shuf], 0)
-        for t, task in enumerate(tasks):
-            if not np.isnan(per[t]).all():
-                ax.plot(x, per[t], color=pal[t], lw=0.9)
-    ax.set_title("1 − linear CKA to ordered")
-    ax.set_xlabel("layer")
-    ax.legend(fontsize=6)
-    for a in axes:
-        a.set_xticks(x)
-    fig.tight_layout()
-    return fig
-
-
-def write_figures(ab: Ablation, rows: list[dict], folder: str | Path) -> list[str]:
-    """Save the three figures as <folder>/curve, metrics and layers (.png and .pdf)."""
-    from .plots import save
-
-    folder = Path(folder)
-    paths = save(curve_figure(ab), folder / "curve") + save(metrics_figure(rows), folder / "metrics")
-    if ab.cos:
-        paths += save(layers_figure(ab), folder / "layers")
-    return paths
+    text, attrs = CacheReader(path).result("report/markdown")
+    return str(text), attrs
 
 
 # ============================================================== CLI
@@ -1254,11 +463,7 @@ def build_parser():
     ap.add_argument("--singles", default=",".join(SINGLE_PICKS),
                     help="single-frame picks to run: first (TOMATO's, used by kappa), middle, random (seeded), "
                          "human (the annotation's human_frame; used by rho)")
-    ap.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
-    ap.add_argument("--chunk", type=int, default=16,
-                    help="questions decoded and run together; each chunk is saved into --out as it completes, so a "
-                         "killed run, started again with the same arguments, resumes after the last one saved "
-                         "(batches form within a chunk, so it is part of the configuration)")
+    ap.add_argument("--batch-size", type=int, default=8, help="prompts (a question's conditions) per forward pass")
     ap.add_argument("--generate", action="store_true",
                     help="answer by greedy generation parsed with TOMATO's regex parser (unparsed = wrong, counted) "
                          "instead of option-letter probabilities")
@@ -1277,108 +482,78 @@ def build_parser():
     return ap
 
 
-def _ints(text: str, flag: str) -> tuple[int, ...]:
+# Flags that change how a run is shown, not its numbers, and those the declaration records itself.
+_NOT_CONFIG = ("no_figures", "bootstrap", "threads", "frames", "shuffle_seeds", "counts", "singles", "seed",
+               "batch_size", "no_internals", "generate", "max_new_tokens")
+
+
+def _ablation_config(a) -> AblationConfig:
+    """The flags -> AblationConfig; a bad value is a UsageError naming the flag."""
+    from analyses.run import UsageError
+
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        counts = tuple(int(x) for x in a.counts.split(",") if x.strip())
     except ValueError:
-        raise SystemExit(f"{flag}: expected comma-separated integers, got {text!r}") from None
-
-
-def _differences(path: Path, lm, dataset: str, config: dict, metas: list) -> list[str]:
-    """What differs between the run ``path`` holds and this one (empty: the same
-    run, to resume). A file that is not a chronolens file stops the CLI."""
-    from tracing.store import CacheMismatchError, ResultsFile, StoreError
-
+        raise UsageError(f"--counts {a.counts!r}: expected comma-separated integers") from None
+    for flag, v in (("--bootstrap", a.bootstrap), ("--threads", a.threads), ("--render-frames", a.render_frames)):
+        if v is not None and v < 1:
+            raise UsageError(f"{flag} {v}: must be >= 1")
     try:
-        ResultsFile.open(path, lm.name, lm.fingerprint, dataset, config, metas)  # an existing file: checked only
-    except CacheMismatchError as e:
-        return [ln.strip() for ln in str(e).splitlines()[1:] if ln.startswith("  ")]
-    except StoreError as e:
-        raise SystemExit(f"error: {e}") from None
-    return []
+        return AblationConfig(frames=a.frames, shuffle_seeds=a.shuffle_seeds, counts=counts,
+                              singles=tuple(x for x in a.singles.split(",") if x), seed=a.seed,
+                              batch_size=a.batch_size, internals=not a.no_internals, generate=a.generate,
+                              max_new_tokens=a.max_new_tokens)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
-def beside(out: Path) -> Path:
-    """Where an --overwrite run writes until it completes (then it replaces ``out``)."""
-    return out.with_name(f"{out.stem}.next{out.suffix}")
-
-
-def _target(out: Path, lm, dataset: str, config: dict, metas: list, overwrite: bool) -> Path:
-    """The file this run writes into, decided before any compute: ``out`` when it
-    is new or holds this very run (resumed); with --overwrite and ``out`` holding
-    another run, a file beside it that replaces it at the end (a kill leaves the
-    old one); without --overwrite such an ``out`` is refused."""
-    if not out.exists():
-        return out
-    diff = _differences(out, lm, dataset, config, metas)
-    if not diff:
-        return out
-    if not overwrite:
-        raise SystemExit(f"error: {out} holds a different run ({'; '.join(diff)}); choose another --out, or pass "
-                         "--overwrite to replace it (the old file stays until the new run completes)")
-    nxt = beside(out)
-    if nxt.exists() and _differences(nxt, lm, dataset, config, metas):
-        nxt.unlink()  # an earlier --overwrite run of another configuration, killed: start over
-    return nxt
-
-
-def main(argv=None) -> int:
-    from tracing.registry import ModelNotFoundError
-    from tracing.store import CacheMismatchError
-
-    from .cli import default_out, figures_dir, load_data, load_from_args, run_config
+def prepare(argv):
+    """The CLI arguments -> run.Prepared (model, declaration, dataset), in the
+    driver and in every Ray worker."""
+    from analyses.cli import check_flags, load_data, load_from_args, preflight, run_config
+    from analyses.run import Prepared
 
     a = build_parser().parse_args(argv)
+    check_flags(a)
+    cfg = _ablation_config(a)
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-    from .cli import check_flags
+    out = preflight("tomato", a)
+    if a.dataset == "synthetic":
+        if a.tasks is None:  # the grounding tasks are single-frame questions: nothing to ablate
+            from tasks.synthetic import STATIC_TASKS, TEMPORAL_TASKS
 
-    check_flags(a)
-    try:  # a bad flag value, data folder or model name: one line, no traceback
-        cfg = AblationConfig(frames=a.frames, shuffle_seeds=a.shuffle_seeds, counts=_ints(a.counts, "--counts"),
-                             singles=tuple(x for x in a.singles.split(",") if x), seed=a.seed,
-                             batch_size=a.batch_size, internals=not a.no_internals, generate=a.generate,
-                             max_new_tokens=a.max_new_tokens, chunk=a.chunk)
-        if a.dataset == "synthetic":
-            if a.tasks is None:  # the grounding tasks are single-frame questions: nothing to ablate
-                from tasks.synthetic import STATIC_TASKS, TEMPORAL_TASKS
+            a.tasks = ",".join(TEMPORAL_TASKS + STATIC_TASKS)
+        samples = load_data(a, n_frames=a.render_frames, size=a.size).samples
+    elif a.dataset == "tomato":
+        samples = load_data(a, decode=False).samples  # decoded per question: only the frames the conditions need
+    else:
+        samples = load_data(a).samples  # the loader's sampled frames stand in for the video
+    lm = load_from_args(a)
+    config = {k: v for k, v in run_config(a).items() if k not in _NOT_CONFIG}
+    return Prepared(lm, declare(lm, samples, cfg, config), a.dataset, a, out)
 
-                a.tasks = ",".join(TEMPORAL_TASKS + STATIC_TASKS)
-            res = load_data(a, n_frames=a.render_frames, size=a.size)
-        elif a.dataset == "tomato":
-            res = load_data(a, decode=False)  # decoded here: only the frames the conditions need
-        else:
-            res = load_data(a)  # the loader's sampled frames stand in for the video
-        lm = load_from_args(a)
-    except (ValueError, FileNotFoundError, ModelNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    out = Path(default_out("tomato", a))
-    config = run_config(a, conditions=[asdict(c) for c in plan_conditions(cfg)])
-    for k in ("no_figures", "bootstrap", "threads"):  # presentation only: a re-run may change them
-        config.pop(k, None)
-    work = _target(out, lm, a.dataset, config, sample_metas(res.samples), a.overwrite)
-    if work.exists() and (got := run_progress(work)) is not None:
-        print(f"resuming {work}: {got[0]} of {got[1]} questions already done", file=sys.stderr)
-    problems: list = []
-    try:
-        ab, problems = run_ablation(lm, res.samples, cfg, a.dataset, config, progress=not a.no_progress,
-                                    checkpoint=work)
-    except NothingRan as e:
-        problems = e.problems
-        raise SystemExit(f"error: {e}") from None
-    except CacheMismatchError as e:  # _target checked; only a file changed since then gets here
-        raise SystemExit(f"error: {e}") from None
-    finally:  # a run where no video decodes still says which and why
-        for sid, path, why in problems:
-            print(f"skipped {sid} ({path}): {why}", file=sys.stderr)
+
+def main(argv=None) -> Ablation:
+    from analyses import run as engine
+    from analyses.cli import figures_dir
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = prepare(argv)
+    a, out = p.args, p.out
+    done = engine.run(p.decl, out, p.lm.name, p.lm.fingerprint, p.dataset,
+                      **engine.engine_options(a, "analyses.tomato", argv))
+    ab = load_results(out)
+    now = {sid for sid, _ in done.skipped}
+    for sid, why in ab.skipped:
+        if sid not in now:
+            print(f"skipped {sid}: {why} (recorded by an earlier run)", file=sys.stderr)
     for n in ab.notes:
         print(f"note: {n}", file=sys.stderr)
     md, table = report([ab], a.bootstrap, a.seed)
-    finish_results(ab, work, report_md=md, n_boot=a.bootstrap, seed=a.seed)
-    if work != out:
-        os.replace(work, out)  # --overwrite: the old file goes only now, in one step
+    store_report(out, md, a.bootstrap, a.seed)
     stem = out.with_suffix("")
     Path(f"{stem}.md").write_text(md)
     Path(f"{stem}.csv").write_text(table)
@@ -1388,9 +563,11 @@ def main(argv=None) -> int:
         written += write_figures(ab, metric_rows([ab], "task", a.bootstrap, a.seed), figures_dir(a, out))
     if ab.unparsed is not None:
         print(f"unparsed generated answers (counted wrong): {int(ab.unparsed.sum())}")
-    print("wrote " + ", ".join(written))
-    return 0
+    print("wrote " + ", ".join(written), file=sys.stderr)
+    return ab
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from analyses.run import cli_boundary
+
+    raise SystemExit(cli_boundary(main)())

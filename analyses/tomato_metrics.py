@@ -1,4 +1,5 @@
-"""TOMATO's three ablation metrics (Shangguan et al. 2024), with bootstrap intervals.
+"""TOMATO's three ablation metrics (Shangguan et al. 2024), with bootstrap intervals,
+and the tables and figures of a run.
 
 All three are relative gains in percent (PAPERS.md section 3):
 
@@ -14,11 +15,20 @@ denominator makes a metric undefined: it is NaN, with an
 An average over models is the mean of the per-model metric values, not the
 metric of averaged accuracies (which is what the paper's averages are).
 
-Pure numpy; nothing here knows about models or files.
+What is drawn from a run: the tables (``metric_rows``, ``to_markdown``,
+``to_csv``, ``report``) and the figures (``curve_figure``, ``metrics_figure``,
+``layers_figure``), reading it through the accessors of
+``analyses.tomato.Ablation`` (``correct_of``, ``shuffled_correct``,
+``flip_rate``, ``groups``, ...). Numpy (and matplotlib for the figures);
+nothing here knows about models or results files.
 """
 from __future__ import annotations
 
+import csv
+import io
 import warnings
+from collections import defaultdict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -179,3 +189,317 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     if dx == 0 or dy == 0:
         return float("nan")
     return float(num / (dx * dy))
+
+
+def order_sensitivity(ref: np.ndarray, x: np.ndarray, tasks: np.ndarray, min_task: int = 8):
+    """How far a perturbed run's residual stream is from the ordered run's.
+
+    ref, x: float [n, L, d] the last position's residual stream after each
+    layer, ordered and perturbed (shuffled / reversed), for n questions;
+    tasks: [n] each question's task. -> (cos [n, L] 1 - cos(ref, x), cka [L]
+    linear CKA over all questions, cka_task [n_tasks, L] within each task in
+    order of first appearance, NaN for a task under ``min_task`` questions:
+    the CKA of a handful of points is 1 by construction)."""
+    L = ref.shape[1]
+    cos = cosine_distance(ref, x)
+    cka = np.array([linear_cka(ref[:, l], x[:, l]) for l in range(L)])
+    names = list(dict.fromkeys(tasks))
+    per = np.full((len(names), L), np.nan)
+    for t, task in enumerate(names):
+        m = tasks == task
+        if m.sum() >= min_task:
+            per[t] = [linear_cka(ref[m, l], x[m, l]) for l in range(L)]
+    return cos, cka, per
+
+
+# -- the tables ---------------------------------------------------------------
+
+GROUPINGS = ("task", "demonstration_type")
+COLUMNS = ["model", "by", "group", "n", "acc_first", "acc_middle", "acc_random", "acc_human", "n_human", "acc_multi",
+           "acc_shuffled", "acc_reversed", "kappa", "kappa_lo", "kappa_hi", "tau", "tau_lo", "tau_hi", "rho", "rho_lo",
+           "rho_hi", "tau_reversed", "flip_rate", "unparsed"]
+_GAINS = {"kappa": kappa, "tau": tau, "rho": rho}
+
+
+def group_order(values: np.ndarray) -> list[str]:
+    """The distinct values in order of first appearance."""
+    return list(dict.fromkeys(str(v) for v in values))
+
+
+def _pairs(ab, mask: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """metric -> (numerator, denominator) per-question correctness [k]."""
+    multi, first = ab.correct_of("multi")[mask], ab.correct_of("single_first")[mask]
+    return {"kappa": (multi, first), "tau": (multi, ab.shuffled_correct()[mask]),
+            "rho": (ab.correct_of("single_human")[mask], first)}
+
+
+def metric_rows(runs: list, by: str = "task", n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """One row per model and group (+ 'all'), and with several models an
+    'average' row per group: accuracies and metrics as means of per-model
+    values, intervals from a bootstrap that resamples every model's questions.
+
+    runs: ``analyses.tomato.Ablation``s. by: 'task' or 'demonstration_type'
+    (benchmarks). Accuracies are percent; kappa / tau / rho are NaN where
+    undefined (with an UndefinedMetricWarning).
+    """
+    rows = []
+    per_group: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
+    order: list[str] = []
+    for ab in runs:
+        if by not in ab.groups:
+            raise KeyError(f"run of {ab.model!r} has no grouping {by!r}; it has {list(ab.groups)}")
+        gv = ab.groups[by].astype(str)
+        for g in group_order(gv) + ["all"]:
+            if g not in order:
+                order.append(g)
+            mask = np.ones(len(gv), bool) if g == "all" else gv == g
+            where = f"{ab.model}, {by}={g}"
+            pairs = _pairs(ab, mask)
+            row = {"model": ab.model, "by": by, "group": g, "n": int(mask.sum()),
+                   "acc_first": accuracy(ab.correct_of("single_first")[mask]),
+                   "acc_middle": accuracy(ab.correct_of("single_middle")[mask]),
+                   "acc_random": accuracy(ab.correct_of("single_random")[mask]),
+                   "acc_human": accuracy(pairs["rho"][0]),
+                   "n_human": int((~np.isnan(ab.correct_of("single_human")[mask])).sum()),
+                   "acc_multi": accuracy(ab.correct_of("multi")[mask]),
+                   "acc_shuffled": accuracy(pairs["tau"][1]),
+                   "acc_reversed": accuracy(ab.correct_of("reversed")[mask])}
+            for k, (num, den) in pairs.items():
+                n, d = paired(num, den)
+                row[k] = _GAINS[k](accuracy(n), accuracy(d), where)
+                row[f"{k}_lo"], row[f"{k}_hi"] = bootstrap_gain([(num, den)], n_boot, seed)
+            row["tau_reversed"] = gain(ab.correct_of("multi")[mask], ab.correct_of("reversed")[mask],
+                                       "tau (reversed)", where)
+            row["flip_rate"] = float(np.nanmean(ab.flip_rate()[mask]) * 100) if ab.shuffled_names else float("nan")
+            row["unparsed"] = int(ab.unparsed[:, mask].sum()) if ab.unparsed is not None else 0
+            rows.append(row)
+            per_group[g].append((row, pairs))
+    if len(runs) > 1:
+        for g in order:
+            got = per_group[g]
+            if len(got) < len(runs):
+                continue  # a group some model did not run has no average over models
+            avg = {"model": "average", "by": by, "group": g, "n": int(sum(r["n"] for r, _ in got))}
+            for col in COLUMNS[4:]:
+                if col.endswith(("_lo", "_hi")) or col in _GAINS or col == "tau_reversed":
+                    continue
+                vals = [r[col] for r, _ in got]
+                avg[col] = float(np.mean(vals)) if col != "unparsed" and col != "n_human" else int(np.sum(vals))
+            for k in list(_GAINS) + ["tau_reversed"]:
+                avg[k] = average_over_models([r[k] for r, _ in got], k, f"{by}={g}")
+            for k in _GAINS:
+                avg[f"{k}_lo"], avg[f"{k}_hi"] = bootstrap_gain([p[k] for _, p in got], n_boot, seed)
+            rows.append(avg)
+    return rows
+
+
+def _fmt(v, ci=None) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "undefined"
+    s = f"{v:.1f}"
+    if ci is not None and not any(np.isnan(c) for c in ci):
+        s += f" [{ci[0]:.1f}, {ci[1]:.1f}]"
+    return s
+
+
+def to_markdown(rows: list[dict], m: int | str = "m") -> str:
+    """The paper's table layout: accuracies, then kappa / tau / rho with 95% intervals."""
+    label = {"task": "Task", "demonstration_type": "Demonstration"}.get(rows[0]["by"], rows[0]["by"]) if rows else "Group"
+    head = ["Model", label, "n", "A_1", "A_1[H]", f"A_{m}", "A_shuf", "A_rev", "κ multi-frame gain",
+            "τ order sensitivity", "ρ information disparity", "flips %"]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for r in rows:
+        cells = [r["model"], r["group"], str(r["n"]), _fmt(r["acc_first"]), _fmt(r["acc_human"]), _fmt(r["acc_multi"]),
+                 _fmt(r["acc_shuffled"]), _fmt(r["acc_reversed"]),
+                 _fmt(r["kappa"], (r["kappa_lo"], r["kappa_hi"])), _fmt(r["tau"], (r["tau_lo"], r["tau_hi"])),
+                 _fmt(r["rho"], (r["rho_lo"], r["rho_hi"])), _fmt(r["flip_rate"])]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    """The rows as CSV (every COLUMNS field; NaN written as empty)."""
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    wr.writeheader()
+    for r in rows:
+        wr.writerow({k: ("" if isinstance(r[k], float) and np.isnan(r[k]) else
+                         (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k])) for k in COLUMNS})
+    return buf.getvalue()
+
+
+def groupings(runs: list) -> list[str]:
+    """The groupings every run has ('task', and 'demonstration_type' on TOMATO)."""
+    return [g for g in GROUPINGS if all(g in ab.groups for ab in runs)]
+
+
+def multi_count(ab) -> int:
+    """m as the questions got it: the median frame count of ``multi`` (the
+    nominal --frames is capped by each video's own count)."""
+    return int(np.median(ab.effective_frames("multi")))
+
+
+def report(runs: list, n_boot: int = 1000, seed: int = 0) -> tuple[str, str]:
+    """(markdown, csv) of every grouping the runs share; what the CLI writes and
+    the notebook rebuilds."""
+    ab = runs[0]
+    m = multi_count(ab)
+    md = [f"## TOMATO ablations: {', '.join(r.model for r in runs)} on {ab.dataset}\n",
+          f"A_1: the first frame (as TOMATO's code); A_1[H]: the human-picked frame; A_{m}: {m} frames sampled "
+          f"uniformly (fewer where a video has fewer); A_shuf: the same frames shuffled, averaged over "
+          f"{len(ab.shuffled_names)} seeds; A_rev: reversed. κ = (A_{m} − A_1)/A_1, τ = (A_{m} − A_shuf)/A_shuf, "
+          f"ρ = (A_1[H] − A_1)/A_1, in percent, with bootstrap 95% intervals ({n_boot} resamples of the questions); "
+          f"ρ over the questions that have a human frame. flips: how often an answer changes under shuffling.\n"]
+    csvs = []
+    for by in groupings(runs):
+        rows = metric_rows(runs, by, n_boot, seed)
+        md.append(f"\n### by {by.replace('_', ' ')}\n\n" + to_markdown(rows, m))
+        csvs.append(to_csv(rows) if not csvs else to_csv(rows).split("\n", 1)[1])
+    un = sum(int(r.unparsed.sum()) for r in runs if r.unparsed is not None)
+    if any(r.unparsed is not None for r in runs):
+        md.append(f"\nUnparsed generated answers (counted wrong): {un}.\n")
+    return "".join(md), "".join(csvs)
+
+
+# -- the figures --------------------------------------------------------------
+
+def curve_figure(ab):
+    """Accuracy against frame count, one panel per task: the uniform curve with
+    a 95% band, and shuffled / reversed at m and the other single frames at 1."""
+    from .plots import COLORS, band, panels
+
+    tasks = group_order(ab.tasks) + ["all"]
+    fig, axes = panels(len(tasks), height=2.5)
+    curve = ab.curve()
+    for ax, task in zip(axes, tasks):
+        mask = np.ones(len(ab.ids), bool) if task == "all" else ab.tasks == task
+        xs, cols = [], []
+        for k, name in curve:
+            x = float(np.median(ab.effective_frames(name)[mask]))
+            if xs and x <= xs[-1]:
+                continue  # a nominal count past the videos' length repeats the last point
+            xs.append(x)
+            cols.append(ab.correct_of(name)[mask] * 100)
+        band(ax, xs, np.stack(cols, 1), "uniform", COLORS[0])
+        m = xs[-1]
+        marks = [("shuffled", ab.shuffled_correct(), m, COLORS[1], "o"),
+                 ("reversed", ab.correct_of("reversed"), m, COLORS[2], "s"),
+                 ("middle", ab.correct_of("single_middle"), 1, COLORS[3], "^"),
+                 ("random", ab.correct_of("single_random"), 1, COLORS[4], "v"),
+                 ("human", ab.correct_of("single_human"), 1, COLORS[5], "*")]
+        for label, c, x, color, marker in marks:
+            c = c[mask]
+            if np.isnan(c).all():
+                continue
+            lo, hi = bootstrap_mean(c, 500)
+            mu = accuracy(c)
+            ax.errorbar([x], [mu], yerr=[[mu - lo], [hi - mu]], fmt=marker, color=color, ms=4, lw=0.8, label=label)
+        chance = float(np.mean(100.0 / ab.n_options[mask]))
+        ax.axhline(chance, color="grey", lw=0.6, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(int(x)) if x == int(x) else f"{x:g}" for x in xs])
+        ax.set_ylim(0, 102)
+        ax.set_title(task)
+        ax.set_xlabel("frames")
+    axes[0].set_ylabel("accuracy (%)")
+    _legend_right(fig, axes)
+    fig.tight_layout()
+    return fig
+
+
+def _legend_right(fig, axes) -> None:
+    """One legend for all panels, outside them on the right (no line hidden under it)."""
+    seen: dict = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    fig.legend(list(seen.values()), list(seen), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+
+
+def metrics_figure(rows: list[dict]):
+    """kappa, tau and rho per group with their bootstrap 95% intervals."""
+    from .plots import COLORS, panels
+
+    fig, axes = panels(3, width=2.8, height=0.35 * len(rows) + 1.0)
+    labels = [r["group"] if r["model"] in (rows[0]["model"],) else f"{r['model']}: {r['group']}" for r in rows]
+    y = np.arange(len(rows))[::-1]
+    for ax, (k, title), color in zip(axes, [("kappa", "κ multi-frame gain"), ("tau", "τ order sensitivity"),
+                                            ("rho", "ρ information disparity")], COLORS):
+        v = np.array([r[k] for r in rows], dtype=float)
+        lo = np.array([r[f"{k}_lo"] for r in rows], dtype=float)
+        hi = np.array([r[f"{k}_hi"] for r in rows], dtype=float)
+        ok = ~np.isnan(v)
+        err = np.stack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)])
+        # A dot and its interval (not a bar): a gain of 0 must be visible too.
+        ax.errorbar(v[ok], y[ok], xerr=err[:, ok], fmt="o", color=color, ms=4, lw=1.0, capsize=2)
+        for yy in y[~ok]:
+            ax.text(0, yy, " undefined", va="center", fontsize=6, color="grey")
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_yticks(y, labels if ax is axes[0] else [""] * len(rows))
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_title(title)
+        ax.set_xlabel("%")
+    fig.tight_layout()
+    return fig
+
+
+def _palette(n: int) -> list:
+    """n distinguishable colours: the house colours, or tab20 beyond them."""
+    from .plots import COLORS
+
+    if n <= len(COLORS):
+        return COLORS[:n]
+    import matplotlib
+
+    return [matplotlib.colormaps["tab20"](i % 20) for i in range(n)]
+
+
+def layers_figure(ab):
+    """Order sensitivity against layer: the last position's cosine distance from
+    the ordered run (shuffled, averaged over seeds; reversed), per task with a 95%
+    band, and 1 - linear CKA over all questions."""
+    from .plots import band, panels
+
+    if not ab.cos:
+        raise ValueError(f"run of {ab.model!r} holds no residual-stream measurements (run without --no-internals)")
+    shuf = [n for n in ab.cos if n.startswith("shuffled")]
+    kinds = ([("shuffled", np.mean([ab.cos[n] for n in shuf], 0), shuf)] if shuf else []) + \
+            ([("reversed", ab.cos["reversed"], ["reversed"])] if "reversed" in ab.cos else [])
+    fig, axes = panels(len(kinds) + 1, width=2.8)
+    x = np.array(ab.layers)
+    tasks = group_order(ab.tasks)
+    pal = _palette(len(tasks))
+    for ax, (label, cos, _) in zip(axes, kinds):
+        for t, task in enumerate(tasks):
+            band(ax, x, cos[ab.tasks == task], task, pal[t])
+        ax.set_title(f"{label}: 1 − cos to ordered")
+        ax.set_xlabel("layer")
+    axes[0].set_ylabel("cosine distance (last position)")
+    _legend_right(fig, axes[:1])
+    ax = axes[-1]
+    for j, (label, _, names) in enumerate(kinds):
+        ax.plot(x, 1 - np.mean([ab.cka[n] for n in names], 0), color="k", ls=["-", "--"][j % 2],
+                label=f"{label}, all questions", marker="o", ms=3)
+    if shuf:  # within a task (>= 8 questions): order is then the only thing that differs between the runs
+        per = 1 - np.mean([ab.cka_task[n] for n in shuf], 0)
+        for t, task in enumerate(tasks):
+            if not np.isnan(per[t]).all():
+                ax.plot(x, per[t], color=pal[t], lw=0.9)
+    ax.set_title("1 − linear CKA to ordered")
+    ax.set_xlabel("layer")
+    ax.legend(fontsize=6)
+    for a in axes:
+        a.set_xticks(x)
+    fig.tight_layout()
+    return fig
+
+
+def write_figures(ab, rows: list[dict], folder: str | Path) -> list[str]:
+    """Save the three figures as <folder>/curve, metrics and layers (.png and .pdf)."""
+    from .plots import save
+
+    folder = Path(folder)
+    paths = save(curve_figure(ab), folder / "curve") + save(metrics_figure(rows), folder / "metrics")
+    if ab.cos:
+        paths += save(layers_figure(ab), folder / "layers")
+    return paths

@@ -1,11 +1,12 @@
 """analyses/tomato.py and tomato_metrics.py: the metrics against values worked
-by hand (the paper's own GPT-4o row included), the frame conditions against
-hand-listed indices and decoded frames that name their own index, TOMATO's
-answer parser, a TOMATO folder built here run end to end (a missing and a
-corrupt video reported by name), a synthetic run through the CLI, the file and
-the notebook, a CLI run killed with SIGKILL and resumed (to the arrays of an
-uninterrupted run), --overwrite, and the organism's table once its checkpoint
-is committed.
+by hand (the paper's own GPT-4o row included), the frame conditions
+(tasks/frames.py) against hand-listed indices and decoded frames that name
+their own index, TOMATO's answer parser (tasks/answers.py), a TOMATO folder
+built here run end to end (a missing and a corrupt video reported by name), a
+synthetic run through the CLI, the file and the notebook, a CLI run killed
+with SIGKILL and resumed (to the arrays of an uninterrupted run), and the
+organism's table. The engine's own promises (resume after two kills,
+--overwrite, refusal, Ray) are tests/test_engine.py's battery, tomato included.
 
 Independent references: scores recomputed with tracing.scoring.score on frames
 decoded by tasks.video.load_frames (the loader's path, not the analysis's own
@@ -18,7 +19,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,12 +26,16 @@ import time
 import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 from analyses import tomato as T
 from analyses import tomato_metrics as M
+from analyses.run import RunError, cli_boundary
+from tasks import frames as F
+from tasks.answers import parse_answer
 from tasks.synthetic import RGB, make_dataset, render
 from tasks.types import Sample
 from tasks.video import load_frames, write_video
@@ -39,7 +43,7 @@ from tracing.capture import capture
 from tracing.inputs import build_inputs
 from tracing.registry import load_model
 from tracing.scoring import score
-from tracing.store import CacheMismatchError, CacheReader, StoreError
+from tracing.store import CacheReader
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,13 +144,13 @@ def test_cosine_distance_and_linear_cka_by_hand():
     ("I think B", None), ("", None), ("1 1 1", None), ("Answer is: (C) because", None),
 ])
 def test_parse_answer(text, expected):
-    assert T.parse_answer(text, ["Left.", "Right.", "Up."]) == expected
+    assert parse_answer(text, ["Left.", "Right.", "Up."]) == expected
 
 
 def test_parse_answer_beyond_f_and_without_an_opened_parenthesis():
     opts = [str(i) for i in range(7)]  # TOMATO has up to 7 options; its regex stopped at F
-    assert T.parse_answer("Answer is: (G)", opts) == 6
-    assert T.parse_answer("B) left", opts, opened=False) is None
+    assert parse_answer("Answer is: (G)", opts) == 6
+    assert parse_answer("B) left", opts, opened=False) is None
 
 
 # ================================================================ frame conditions
@@ -161,12 +165,12 @@ def ids_of(frames: np.ndarray) -> list[int]:
 
 def test_plan_and_frame_indices_by_hand():
     cfg = T.AblationConfig(frames=16, shuffle_seeds=3, counts=(1, 2, 4, 8, 16, 32))
-    conds = {c.name: c for c in T.plan_conditions(cfg)}
+    conds = {c.name: c for c in cfg.conditions()}
     assert list(conds) == ["multi", "single_first", "single_middle", "single_random", "single_human", "shuffled_0",
                            "shuffled_1", "shuffled_2", "reversed", "frames_1", "frames_2", "frames_4", "frames_8"]
-    assert T.curve_of(list(conds.values())) == [(1, "frames_1"), (2, "frames_2"), (4, "frames_4"), (8, "frames_8"),
+    assert F.curve_of(list(conds.values())) == [(1, "frames_1"), (2, "frames_2"), (4, "frames_4"), (8, "frames_8"),
                                                 (16, "multi")]
-    ix = lambda name, n=20, h=-1, sid="q1": T.frame_indices(conds[name], n, h, sid)  # noqa: E731
+    ix = lambda name, n=20, h=-1, sid="q1": F.frame_indices(conds[name], n, h, sid)  # noqa: E731
     # np.linspace(0, 19, 16) = 0, 1.27, 2.53, 3.8, 5.07, 6.33, 7.6, 8.87, 10.13, ..., 17.73, 19
     multi = [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 19]
     assert ix("multi").tolist() == multi
@@ -185,7 +189,7 @@ def test_plan_and_frame_indices_by_hand():
     assert r <= set(range(20)) and len(r) > 5
     # A video shorter than m: its own frames (TOMATO's count capped by the organism's).
     assert ix("multi", n=8).tolist() == list(range(8)) and ix("frames_8", n=8).tolist() == list(range(8))
-    two = T.frame_indices(T.Condition("s", "shuffled", 2, seed=5), 2, -1, "x")
+    two = F.frame_indices(F.Condition("s", "shuffled", 2, seed=5), 2, -1, "x")
     assert two.tolist() == [1, 0]  # never the identity
     with pytest.raises(ValueError, match="pick"):
         T.AblationConfig(singles=("first", "best"))
@@ -195,28 +199,28 @@ def test_prepare_decodes_exactly_the_frames_each_condition_needs(tmp_path):
     path = write_video(tmp_path / "v.mp4", levels(20))
     s = Sample(id="direction-7", task="direction", question="Which way?", options=["a", "b", "c"], answer=0,
                video_path=str(path), meta={"human_frame": 13})
-    conds = T.plan_conditions(T.AblationConfig(frames=16, shuffle_seeds=2, counts=(1, 4)))
-    p, notes = T.prepare(s, 0, conds)
+    conds = T.AblationConfig(frames=16, shuffle_seeds=2, counts=(1, 4)).conditions()
+    p, notes = F.question_frames(s, conds)
     assert p.n_total == 20 and p.human == 13 and notes == []
     for c in conds:
         assert ids_of(p.frames(c.name)) == p.indices[c.name].tolist(), c.name
     assert ids_of(p.frames("single_human")) == [13] and ids_of(p.frames("frames_4")) == [0, 6, 12, 19]
     assert set(p.store) == {i for v in p.indices.values() for i in v.tolist()}  # nothing more is kept
     s.meta["human_frame"] = 25
-    p, notes = T.prepare(s, 0, conds)
+    p, notes = F.question_frames(s, conds)
     assert p.indices["single_human"] is None and "human frame 25 is past the video's 20 frames" in notes[0]
 
 
 def test_synthetic_human_frame_rule():
     s = render("order", 3, n_frames=8, size=32)
-    h = T.human_frame(s)
+    h = F.human_frame(s)
     rgb = np.array(RGB[s.options[s.answer]])
     shows = [bool((f.reshape(-1, 3) == rgb).all(1).any()) for f in s.frames]
     assert shows[h] and not any(shows[:h])  # the first frame showing the answer colour
-    assert T.human_frame(render("direction", 3, n_frames=8)) == 4  # no single frame answers: the middle
-    assert T.human_frame(render("static_color", 3, n_frames=7)) == 3
-    assert T.human_frame(Sample("x", "count", "q", ["a", "b"], 0, meta={"human_frame": 9})) == 9
-    assert T.human_frame(Sample("x", "count", "q", ["a", "b"], 0)) == -1  # a benchmark item without one
+    assert F.human_frame(render("direction", 3, n_frames=8)) == 4  # no single frame answers: the middle
+    assert F.human_frame(render("static_color", 3, n_frames=7)) == 3
+    assert F.human_frame(Sample("x", "count", "q", ["a", "b"], 0, meta={"human_frame": 9})) == 9
+    assert F.human_frame(Sample("x", "count", "q", ["a", "b"], 0)) == -1  # a benchmark item without one
 
 
 # ================================================================ metric rows on hand-made runs
@@ -225,7 +229,7 @@ def fake_run(model, correct: dict[str, dict[str, list]], k=4) -> T.Ablation:
     the answer when right and the next option when wrong."""
     tasks = list(correct)
     cfg = T.AblationConfig(frames=4, shuffle_seeds=2, counts=(1, 2))
-    conds = T.plan_conditions(cfg)
+    conds = cfg.conditions()
     n = sum(len(correct[t]["multi"]) for t in tasks)
     task_of = np.array([t for t in tasks for _ in correct[t]["multi"]], dtype=object)
     C = len(conds)
@@ -255,7 +259,7 @@ RUN_B = {"direction": {"multi": [1, 1, 0, 0], "single_first": [1, 1, 0, 0], "sin
 def test_metric_rows_by_hand():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", M.UndefinedMetricWarning)
-        rows = T.metric_rows([fake_run("A", RUN_A)], "task", n_boot=300)
+        rows = M.metric_rows([fake_run("A", RUN_A)], "task", n_boot=300)
     r = {x["group"]: x for x in rows}
     assert list(r) == ["direction", "static_color", "all"]
     d = r["direction"]
@@ -281,7 +285,7 @@ def test_metric_rows_by_hand():
 def test_average_over_models_rows_and_the_tables():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows = T.metric_rows([fake_run("A", RUN_A), fake_run("B", RUN_B)], "task", n_boot=300)
+        rows = M.metric_rows([fake_run("A", RUN_A), fake_run("B", RUN_B)], "task", n_boot=300)
     said = [str(w.message) for w in caught if w.category is M.UndefinedMetricWarning]
     assert any(m.startswith("kappa") and "(B, task=static_color)" in m for m in said)
     assert any(m.startswith("average of kappa over models is undefined (task=static_color)") for m in said)
@@ -293,14 +297,14 @@ def test_average_over_models_rows_and_the_tables():
     assert avg["direction"]["acc_multi"] == pytest.approx(62.5) and avg["direction"]["acc_first"] == 37.5
     assert avg["direction"]["tau"] == pytest.approx((200.0 + (50 - 37.5) / 37.5 * 100) / 2)
     assert np.isnan(avg["static_color"]["kappa"])  # undefined for one model: undefined on average
-    md = T.to_markdown(rows, 4)
+    md = M.to_markdown(rows, 4)
     lines = md.splitlines()
     assert lines[0].startswith("| Model | Task | n | A_1 | A_1[H] | A_4 | A_shuf | A_rev | κ multi-frame gain")
     line = next(x for x in lines if x.startswith("| A | direction |"))
     assert "| 200.0 [" in line and "| 100.0 [" in line
     assert "| undefined |" in next(x for x in lines if x.startswith("| B | static_color |"))
     assert next(x for x in lines if x.startswith("| average | direction |")).count("100.0") >= 1
-    table = list(csv.DictReader(io.StringIO(T.to_csv(rows))))
+    table = list(csv.DictReader(io.StringIO(M.to_csv(rows))))
     assert table[0]["model"] == "A" and float(table[0]["kappa"]) == pytest.approx(200.0)
     assert next(t for t in table if t["model"] == "B" and t["group"] == "static_color")["kappa"] == ""
 
@@ -381,11 +385,13 @@ def test_tomato_folder_end_to_end(tmp_path, capsys):
     for name in ("curve", "metrics", "layers"):  # figures in the default --figures folder
         assert (tmp_path / "tomato_figures" / f"{name}.png").stat().st_size > 0
         assert (tmp_path / "tomato_figures" / f"{name}.pdf").stat().st_size > 0
-    # The file keeps every question asked, the two whose video failed marked as not run.
+    # The file keeps every question asked, the two whose video failed recorded as skipped, with why.
     r = CacheReader(out)
     assert r.samples["id"].tolist() == ["count-7", "direction-0", "direction-1", "direction-2", "direction-3"]
-    assert r.result("tomato/ok")[0].tolist() == [True, True, True, False, False]
-    assert r.result("tomato/done")[0].all() and np.isnan(r.result("tomato/correct")[0][:, 3:]).all()
+    assert r.samples["complete"].all()
+    assert ["skipped" in r.meta(i) for i in range(5)] == [False, False, False, True, True]
+    assert "videos/human/gone.mp4" in r.meta(3)["skipped"] and "videos/human/bad.mp4" in r.meta(4)["skipped"]
+    assert [sid for sid, _ in ab.skipped] == ["direction-2", "direction-3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["TOMATO", "tomato.csv", "tomato.h5", "tomato.md",
                                                           "tomato_figures"]  # no scratch file left
 
@@ -408,7 +414,7 @@ def test_synthetic_run_file_contents(synthetic_run):
     ab = T.load_results(out)
     samples = make_dataset(["direction", "order", "static_color"], 3, seed=0, n_frames=8, size=32)
     assert ab.ids.tolist() == [s.id for s in samples] and ab.n_total.tolist() == [8] * 9
-    assert ab.human_frame.tolist() == [T.human_frame(s) for s in samples]
+    assert ab.human_frame.tolist() == [F.human_frame(s) for s in samples]
     lm = tiny()
     # multi = the 8 rendered frames in order; reversed = back to front (independent scoring).
     for name, f in [("multi", lambda s: s.frames), ("reversed", lambda s: s.frames[::-1]),
@@ -430,13 +436,13 @@ def test_synthetic_run_file_contents(synthetic_run):
     assert all(0 <= v <= 1 + 1e-9 for v in ab.cka["reversed"])
     assert ab.cka_task["reversed"].shape == (3, lm.n_layers)  # 3 questions per task: too few, NaN
     assert np.isnan(ab.cka_task["reversed"]).all()
-    # What the file says it is, and that it refuses another configuration.
+    # What the file says it is, and that it refuses another configuration (from Python too), untouched.
     r = CacheReader(out)
     assert r.attrs["model"] == TINY and r.config["frames"] == 8 and r.config["shuffle_seeds"] == 2
-    other = T.load_results(out)
-    other.config = {**other.config, "frames": 16}
-    with pytest.raises(CacheMismatchError, match="frames"):
-        T.save_results(other, out)
+    before = out.read_bytes()
+    with pytest.raises(RunError, match=r"config\.frames: 8 \(in file\) vs 16 \(this run\)"):
+        T.run(lm, samples, out, T.AblationConfig(frames=16, shuffle_seeds=2), progress=False)
+    assert out.read_bytes() == before
 
 
 @QUIET
@@ -445,9 +451,9 @@ def test_generation_mode_counts_unparsed_answers(tmp_path):
     samples = make_dataset(["direction"], 2, n_frames=8)
     cfg = T.AblationConfig(frames=8, shuffle_seeds=1, counts=(), singles=("first",), generate=True,
                            max_new_tokens=3, internals=False)
-    ab, problems = T.run_ablation(lm, samples, cfg, progress=False)
-    assert problems == [] and ab.responses.shape == (len(ab.names), 2)
-    parsed = np.array([[T.parse_answer(t, samples[i].options) for i, t in enumerate(row)] for row in ab.responses],
+    ab = T.run_ablation(lm, samples, cfg, progress=False)
+    assert ab.skipped == [] and ab.responses.shape == (len(ab.names), 2)
+    parsed = np.array([[parse_answer(t, samples[i].options) for i, t in enumerate(row)] for row in ab.responses],
                       dtype=object)
     assert (ab.unparsed == np.vectorize(lambda x: x is None)(parsed)).all()
     assert (ab.correct[ab.unparsed] == 0).all() and (ab.pred[ab.unparsed] == -1).all()
@@ -457,7 +463,7 @@ def test_generation_mode_counts_unparsed_answers(tmp_path):
     g = lm.model.generate(**inp, max_new_tokens=3, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
     assert ab.responses[ab.names.index("multi"), 0] == lm.tokenizer.decode(g[0, inp["input_ids"].shape[1]:],
                                                                           skip_special_tokens=True)
-    md, _ = T.report([ab], 50)
+    md, _ = M.report([ab], 50)
     assert f"Unparsed generated answers (counted wrong): {int(ab.unparsed.sum())}." in md
 
 
@@ -469,72 +475,95 @@ def test_notebook_rebuilds_the_table_and_figures(synthetic_run, tmp_path, monkey
                                          monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
     assert images == 3
-    assert "rebuilt table matches the one the CLI wrote: True" in text
-    tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
-    assert synthetic_run.with_suffix(".md").read_text() in tables
+    # Its table against the file's raw per-question arrays, read here without the analysis.
+    table = next(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
+    r = CacheReader(synthetic_run)
+    names = [c["name"] for c in r.config["conditions"]]
+    pred, label, task = r.acts("pred"), r.samples["label"], r.samples["task"]
+    for t in ("direction", "order", "static_color"):
+        m = task == t
+        row = next(x for x in table.splitlines() if x.startswith(f"| {TINY} | {t} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        acc = {n: f"{100 * (pred[m, names.index(n)] == label[m]).mean():.1f}" for n in ("single_first", "multi")}
+        assert (cells[2], cells[3], cells[5]) == ("3", acc["single_first"], acc["multi"]), row
 
 
 def test_cli_errors_are_one_line_and_come_before_any_compute(synthetic_run, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="needs data_dir"):
-        T.main(["--model", TINY, "--dataset", "tomato"])
-    with pytest.raises(SystemExit, match=r"pick\(s\) \['best'\]"):
-        T.main(["--model", TINY, "--singles", "first,best"])
-    # The same --out with another configuration: refused before running, naming what differs.
-    with pytest.raises(SystemExit, match=r"config.shuffle_seeds: 2 \(in file\) vs 5 \(this run\)"):
-        T.main(["--model", TINY, "--dataset", "synthetic", "--tasks", "direction,order,static_color", "--limit", "3",
-                "--frames", "8", "--shuffle-seeds", "5", "--no-progress", "--out", str(synthetic_run)])
-    # Every video missing: each is named, then one error line.
+    def fails(code: int, says: str, *args: str) -> None:
+        assert cli_boundary(T.main)(["--model", TINY, "--no-progress", *args]) == code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0] and "Traceback" not in err[0], err
+
+    fails(1, "needs data_dir", "--dataset", "tomato", "--out", str(tmp_path / "x.h5"))
+    fails(2, "pick(s) ['best']", "--singles", "first,best", "--out", str(tmp_path / "x.h5"))
+    fails(2, "--counts '1,two'", "--counts", "1,two", "--out", str(tmp_path / "x.h5"))
+    fails(2, "--limit -1", "--limit", "-1", "--out", str(tmp_path / "x.h5"))
+    assert list(tmp_path.iterdir()) == []
+    # The same --out with another configuration: refused before running, naming what differs; left unchanged.
+    before = synthetic_run.read_bytes()
+    fails(1, "config.shuffle_seeds: 2 (in file) vs 5 (this run)", "--dataset", "synthetic", "--tasks",
+          "direction,order,static_color", "--limit", "3", "--frames", "8", "--shuffle-seeds", "5",
+          "--out", str(synthetic_run))
+    assert synthetic_run.read_bytes() == before
+    # Every video missing: each is named, then one error line; the file records both as skipped.
     root = tmp_path / "T"
     (root / "data").mkdir(parents=True)
     (root / "data" / "rotation.json").write_text(json.dumps({"0": entry("nowhere"), "1": entry("neither")}))
-    with pytest.raises(SystemExit, match="none of the 2 questions"):
-        T.main(["--model", TINY, "--dataset", "tomato", "--data-dir", str(root), "--no-progress",
-                "--out", str(tmp_path / "x.h5")])
-    err = capsys.readouterr().err
-    assert "skipped rotation-0" in err and "nowhere.mp4" in err and "skipped rotation-1" in err
-    assert not (tmp_path / "x.h5").exists()
+    out = tmp_path / "x.h5"
+    assert cli_boundary(T.main)(["--model", TINY, "--dataset", "tomato", "--data-dir", str(root), "--no-progress",
+                                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "skipped rotation-0" in err[-3] and "nowhere.mp4" in err[-3] and "skipped rotation-1" in err[-2]
+    assert err[-1].startswith("error: ") and "none of the 2 questions could be run" in err[-1]
+    assert [CacheReader(out).meta(i)["skipped"].endswith("file does not exist") for i in (0, 1)] == [True, True]
 
 
-# ================================================================ resuming after kill -9, --overwrite
+# ================================================================ resuming after kill -9
 KILL_RUN = ["--model", TINY, "--dataset", "synthetic", "--tasks", "direction,order", "--limit", "4", "--frames", "4",
-            "--shuffle-seeds", "1", "--counts", "1,2", "--singles", "first,human", "--chunk", "2", "--batch-size", "2",
-            "--bootstrap", "50", "--no-progress", "--no-figures", "--threads", "1"]  # 8 questions in 4 chunks
+            "--shuffle-seeds", "1", "--counts", "1,2", "--singles", "first,human", "--batch-size", "2",
+            "--bootstrap", "50", "--no-progress", "--no-figures", "--threads", "1"]  # 8 questions
 
 
-def kill_after_first_chunk(out: Path, watch: Path, *extra: str) -> tuple[int, int]:
-    """Run the CLI in a subprocess, SIGKILL it as soon as ``watch`` holds a finished
-    chunk, and return the file's (questions done, questions asked)."""
-    proc = subprocess.Popen([sys.executable, "-m", "analyses.tomato", *KILL_RUN, "--out", str(out), *extra],
+def kill_after_first_question(out: Path) -> int:
+    """Run the CLI in a subprocess, SIGKILL it as soon as ``out`` holds a finished
+    question, and return the questions the file holds complete."""
+    proc = subprocess.Popen([sys.executable, "-m", "analyses.tomato", *KILL_RUN, "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     while proc.poll() is None:
         try:
-            got = T.run_progress(watch) if watch.exists() else None
-        except (StoreError, OSError):  # caught between the copy and the atomic replace
-            got = None
-        if got and got[0] > 0:
+            done = int(CacheReader(out).samples["complete"].sum()) if out.exists() else 0
+        except Exception:  # being created
+            done = 0
+        if done > 0:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
     _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill: {err.decode()[-2000:]}"
-    return T.run_progress(watch)
+    return int(CacheReader(out).samples["complete"].sum())
+
+
+def contents(path: Path) -> dict:
+    """Every array and attribute of the file, the creation time aside."""
+    out = {}
+    with h5py.File(path, "r", locking=False) as f:
+        out["attrs"] = {k: str(v) for k, v in f.attrs.items() if k != "created"}
+        f.visititems(lambda name, obj: out.update({name: obj[()], name + "@attrs": dict(obj.attrs)})
+                     if isinstance(obj, h5py.Dataset) else None)
+    return out
 
 
 def assert_same_files(a: Path, b: Path) -> None:
     """Every stored array and attribute equal (NaN where NaN), the creation time aside."""
-    ra, rb = CacheReader(a), CacheReader(b)
-    assert ra.results() == rb.results()
-    for k in ("model", "model_fingerprint", "dataset", "config", "kind"):
-        assert ra.attrs[k] == rb.attrs[k], k
-    for k, v in ra.samples.items():
-        np.testing.assert_array_equal(v, rb.samples[k], err_msg=k)
-    for name in ra.results():
-        (x, xa), (y, ya) = ra.result(name), rb.result(name)
-        x, y = np.asarray(x), np.asarray(y)
-        assert xa == ya, name
-        assert x.dtype == y.dtype and x.shape == y.shape, name
-        np.testing.assert_array_equal(x, y, err_msg=name)
+    x, y = contents(a), contents(b)
+    assert x.keys() == y.keys()
+    for k in x:
+        if isinstance(x[k], np.ndarray):
+            assert x[k].dtype == y[k].dtype, k
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+        else:
+            assert x[k] == y[k], k
 
 
 @pytest.fixture(scope="module")
@@ -546,57 +575,27 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def killed(tmp_path_factory):
-    """An --overwrite run over a finished run of another configuration, killed
-    (SIGKILL) once its first chunk is saved; and a copy of what it left, which is
-    what a run straight into --out leaves when killed there (a file's identity
-    does not include its name)."""
-    d = tmp_path_factory.mktemp("killed")
-    out = d / "other.h5"
-    T.save_results(fake_run("A", RUN_A), out)  # another model and configuration
-    old = out.read_bytes()
-    done, asked = kill_after_first_chunk(out, T.beside(out), "--overwrite")
-    plain = tmp_path_factory.mktemp("plain") / "run.h5"
-    shutil.copyfile(T.beside(out), plain)
-    shutil.copyfile(T.residuals_path(T.beside(out)), T.residuals_path(plain))
-    return out, old, done, asked, plain
-
-
 @QUIET
-def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(uninterrupted, killed, capsys):
-    *_, done, asked, out = killed
-    assert asked == 8 and 0 < done < 8
+def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(uninterrupted, tmp_path, capsys):
+    out = tmp_path / "run.h5"
+    done = kill_after_first_question(out)
+    assert 0 < done < 8
     with pytest.raises(ValueError, match=f"not finished \\({done} of 8 questions done\\)"):
         T.load_results(out)
     part = T.load_results(out, partial=True)
     assert len(part.ids) == done and not part.cos  # the order analysis needs every question
+    full = T.load_results(uninterrupted)
+    np.testing.assert_array_equal(part.probs, full.probs[:, :done])
     capsys.readouterr()
     T.main([*KILL_RUN, "--out", str(out)])
-    assert f"resuming {out}: {done} of 8 questions already done" in capsys.readouterr().err
+    assert f"{out}: resuming, {done} of 8 units already complete" in capsys.readouterr().err
     assert_same_files(out, uninterrupted)
     assert out.with_suffix(".md").read_text() == uninterrupted.with_suffix(".md").read_text()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["run.csv", "run.h5", "run.md"]  # no residuals left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.csv", "run.h5", "run.md"]  # nothing else left
     # A finished run started again: nothing to run, the same file.
     T.main([*KILL_RUN, "--out", str(out)])
-    assert f"resuming {out}: 8 of 8 questions already done" in capsys.readouterr().err
+    assert f"{out}: resuming, 8 of 8 units already complete" in capsys.readouterr().err
     assert_same_files(out, uninterrupted)
-
-
-@QUIET
-def test_overwrite_replaces_another_run_only_once_finished(uninterrupted, killed, capsys):
-    out, old, done, _, _ = killed
-    nxt = T.beside(out)
-    assert nxt == out.with_name("other.next.h5") and T.run_progress(nxt) == (done, 8)
-    assert out.read_bytes() == old  # killed: the old file stands
-    with pytest.raises(SystemExit, match=r"other.h5 holds a different run \(.*model: 'A' \(in file\) vs "
-                                         r"'tiny-qwen2-vl' \(this run\).*pass --overwrite to replace it"):
-        T.main([*KILL_RUN, "--out", str(out)])
-    capsys.readouterr()
-    T.main([*KILL_RUN, "--out", str(out), "--overwrite"])
-    assert f"resuming {nxt}: {done} of 8 questions already done" in capsys.readouterr().err
-    assert_same_files(out, uninterrupted)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["other.csv", "other.h5", "other.md"]
 
 
 # ================================================================ the organism
@@ -605,10 +604,10 @@ def organism_rows():
     lm = load_model("organism", attn="sdpa")
     samples = make_dataset(["direction", "rotation", "order", "static_color"], 24, seed=7, n_frames=8, size=32)
     cfg = T.AblationConfig(frames=8, shuffle_seeds=2, counts=(), singles=("first",), internals=False)
-    ab, _ = T.run_ablation(lm, samples, cfg, progress=False)
+    ab = T.run_ablation(lm, samples, cfg, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", M.UndefinedMetricWarning)
-        return {r["group"]: r for r in T.metric_rows([ab], "task", n_boot=200)}
+        return {r["group"]: r for r in M.metric_rows([ab], "task", n_boot=200)}
 
 
 @pytest.mark.parametrize("task", ["direction", "rotation", "order"])
