@@ -1,5 +1,5 @@
 """The run engine (analyses/run.py), the same battery for every analysis on it
-(capture, lens, flow):
+(capture, lens, flow, tomato):
 a mismatched output is refused and left unchanged; a run killed with SIGKILL
 at two moments resumes to exactly the arrays and attributes of an
 uninterrupted run; a killed --overwrite leaves the old file intact; an
@@ -20,6 +20,7 @@ import torch
 from analyses import capture as capture_mod
 from analyses import flow as flow_mod
 from analyses import lens as lens_mod
+from analyses import tomato as tomato_mod
 from analyses.run import _Lock, beside, cli_boundary
 from tracing.store import CacheReader
 
@@ -34,6 +35,8 @@ ANALYSES = {
     "lens": ("analyses.lens", lens_mod.main, ["--k", "2", "--readout", "embed"], ["--k", "3"]),
     "flow": ("analyses.flow", flow_mod.main, ["--samples", "all", "--window", "2", "--edges", "video_last,cross_frame",
                                               "--no-layerwise"], ["--window", "3"]),
+    "tomato": ("analyses.tomato", tomato_mod.main, ["--shuffle-seeds", "1", "--counts", "2", "--singles", "first,human",
+                                                    "--bootstrap", "50", "--no-figures"], ["--shuffle-seeds", "2"]),
 }
 N_UNITS = 6
 
