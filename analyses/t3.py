@@ -516,9 +516,11 @@ def prepare(argv):
     from analyses.run import Prepared, UsageError
 
     a = build_parser().parse_args(argv)
-    if a.dataset != "synthetic" or a.data_dir is not None or a.limit is not None:
-        raise UsageError("T3 runs on its own synthetic tasks: use --tasks and --samples, not "
-                         "--dataset/--data-dir/--limit")
+    given = [f"{flag} {v}" for flag, v in (("--dataset", None if a.dataset == "synthetic" else a.dataset),
+                                           ("--data-dir", a.data_dir), ("--limit", a.limit)) if v is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)}: T3 runs on its own synthetic tasks: use --tasks and --samples, not "
+                         f"--dataset/--data-dir/--limit")
     tasks = a.tasks.split(",") if a.tasks else list(T3_TASKS)
     bad = [t for t in tasks if t not in T3_TASKS]
     if bad:
