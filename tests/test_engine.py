@@ -1,5 +1,5 @@
 """The run engine (analyses/run.py), the same battery for every analysis on it
-(capture, lens, flow, tomato):
+(capture, lens, flow, tomato, t3):
 a mismatched output is refused and left unchanged; a run killed with SIGKILL
 at two moments resumes to exactly the arrays and attributes of an
 uninterrupted run; a killed --overwrite leaves the old file intact; an
@@ -20,6 +20,7 @@ import torch
 from analyses import capture as capture_mod
 from analyses import flow as flow_mod
 from analyses import lens as lens_mod
+from analyses import t3 as t3_mod
 from analyses import tomato as tomato_mod
 from analyses.run import _Lock, beside, cli_boundary
 from tracing.store import CacheReader
@@ -28,6 +29,9 @@ from tracing.store import CacheReader
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--model", "tiny-llava-next", "--tasks", "direction,static_color", "--limit", "3", "--frames", "4", "--no-progress"]
+# T3 renders its own tasks, sized by --samples (per split): 3 + 3 units of 'order'.
+T3_COMMON = ["--model", "tiny-llava-next", "--tasks", "order", "--samples", "3", "--frames", "4", "--no-progress",
+             "--C", "1.0", "--probe-seeds", "1"]
 # analysis -> (module, its CLI main, arguments of run A, what makes run B another configuration)
 ANALYSES = {
     "capture": ("analyses.capture", capture_mod.main, ["--hooks", "resid_post,projector", "--positions", "frames"],
@@ -37,6 +41,7 @@ ANALYSES = {
                                               "--no-layerwise"], ["--window", "3"]),
     "tomato": ("analyses.tomato", tomato_mod.main, ["--shuffle-seeds", "1", "--counts", "2", "--singles", "first,human",
                                                     "--bootstrap", "50", "--no-figures"], ["--shuffle-seeds", "2"]),
+    "t3": ("analyses.t3", t3_mod.main, [], ["--seed", "1"]),
 }
 N_UNITS = 6
 
@@ -46,9 +51,13 @@ def analysis(request):
     return request.param
 
 
+def common(name) -> list[str]:
+    return T3_COMMON if name == "t3" else COMMON
+
+
 def run_in_process(name, out, *extra):
     _, main, args, _ = ANALYSES[name]
-    return cli_boundary(main)([*COMMON, *args, "--out", str(out), *extra])
+    return cli_boundary(main)([*common(name), *args, "--out", str(out), *extra])
 
 
 def contents(path) -> dict:
@@ -78,7 +87,7 @@ def kill_after(name, out, watch, n_done, *extra):
     """Run the CLI in a subprocess; SIGKILL it once ``watch`` has n_done complete units."""
     module, _, args, _ = ANALYSES[name]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", module, *COMMON, *args, "--out", str(out), *extra],
+    proc = subprocess.Popen([sys.executable, "-m", module, *common(name), *args, "--out", str(out), *extra],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
@@ -145,7 +154,7 @@ def test_unreachable_model_second_writer_and_bad_paths(analysis, tmp_path, capsy
     out = tmp_path / "x.h5"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     module, main, args, _ = ANALYSES[analysis]
-    assert cli_boundary(main)([*COMMON, *args, "--model", "llava-next", "--out", str(out)]) == 1
+    assert cli_boundary(main)([*common(analysis), *args, "--model", "llava-next", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: model 'llava-next'") and "hf download" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing written
