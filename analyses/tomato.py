@@ -65,12 +65,9 @@ from tasks.frames import (DEFAULT_COUNTS, SINGLE_PICKS, Condition, QuestionFrame
 from tasks.types import Sample
 
 from . import tomato_metrics as M
-from .tomato_metrics import curve_figure, layers_figure, metric_rows, metrics_figure, report, write_figures
+from .tomato_figures import write_figures
+from .tomato_metrics import metric_rows, report
 
-# The notebook's API: a run, its file, and what is drawn from it (analyses.tomato_metrics).
-__all__ = ["AblationConfig", "Ablation", "Condition", "declare", "reduce", "run", "run_ablation", "load_results",
-           "stored_report", "parse_answer", "report", "metric_rows", "curve_figure", "metrics_figure",
-           "layers_figure", "write_figures", "main"]
 
 
 @dataclass
