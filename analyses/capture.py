@@ -1,11 +1,14 @@
 """Activations of a model on a dataset into an HDF5 cache, on the run engine.
 
     python -m analyses.capture --model organism --hooks resid_post --positions frame_mean
+    python -m analyses.capture --model reasoner --dataset reasoning --backend transformer_lens --positions all
 
     from analyses.capture import capture_dataset
     reader = capture_dataset(lm, samples, ["resid_post"], "cache/acts.h5", positions="frame_mean")
 
-One unit per sample: its activations at the chosen hooks and positions
+One unit per sample (a video question, or with ``--dataset reasoning`` a
+word problem of tasks/reasoning.py read with its reference solution,
+``tracing.traces.trace_inputs``): its activations at the chosen hooks and positions
 (``tracing.capture.capture``), its TokenLayout. The largest sample is captured
 first: its shapes bound the file's. Resume, refusal of another configuration,
 ``--overwrite`` and the lock are the engine's (analyses/run.py).
@@ -19,13 +22,17 @@ def declare(lm, samples, hooks, positions: str = "all", layers=None, float16: bo
             config: dict | None = None, backend: str = "nnsight", context=None) -> Declaration:
     """The capture of ``hooks`` on every sample as an engine declaration.
 
-    context: None, or a function sample -> text shown in place of the video
-    (e.g. ``tasks.synthetic.caption_prompt``, the T3 text form): what a
-    text-only model reads. backend: see ``tracing.capture.capture``."""
+    samples: video samples, or ``tasks.reasoning.Problem``s (a text model
+    reads each with its reference solution). context: None, or a function
+    sample -> text shown in place of the video (e.g.
+    ``tasks.synthetic.caption_prompt``, the T3 text form): what a text-only
+    model reads. backend: see ``tracing.capture.capture``."""
+    from tasks.reasoning import Problem, problem_id
     from tracing.capture import capture
     from tracing.hooks import expand
     from tracing.inputs import build_sample_inputs
     from tracing.store import SampleMeta
+    from tracing.traces import trace_inputs
 
     if backend == "transformer_lens":
         from tracing.hooked import check_text_model
@@ -34,7 +41,15 @@ def declare(lm, samples, hooks, positions: str = "all", layers=None, float16: bo
     names = expand(lm, hooks, layers)
 
     def build(s):
+        if isinstance(s, Problem):
+            return trace_inputs(lm.tokenizer, s)
         return build_sample_inputs(lm, s, context=None if context is None else context(s))
+
+    def meta(s):
+        if isinstance(s, Problem):
+            return SampleMeta(problem_id(s), s.family, -1, -1, {"problem": s.problem, "solution": s.solution,
+                                                                 "answer": s.answer, "length": s.length})
+        return SampleMeta(s.id, s.task, int(s.answer), -1, {"options": s.options, "question": s.question})
 
     # Layouts first (no forward; milliseconds a sample): a sample that cannot be
     # built is a bad item, and the largest one is captured first.
@@ -44,8 +59,7 @@ def declare(lm, samples, hooks, positions: str = "all", layers=None, float16: bo
             sizes.append(build(s)[1].n_tokens)
         except ValueError:
             sizes.append(-1)
-    units = [SampleMeta(s.id, s.task, int(s.answer), -1, {"options": s.options, "question": s.question})
-             for s in samples]
+    units = [meta(s) for s in samples]
     cfg = {"hooks": names, "positions": positions, **(config or {})}
     if backend != "nnsight":
         cfg["backend"] = backend
@@ -81,7 +95,8 @@ def build_parser():
     from analyses.cli import common_parser
     from tracing.capture import BACKENDS, POSITIONS
 
-    ap = common_parser("python -m analyses.capture", __doc__.split("\n\n")[0].replace("\n", " "), limit=8)
+    ap = common_parser("python -m analyses.capture", __doc__.split("\n\n")[0].replace("\n", " "), limit=8,
+                       text_datasets=True)
     ap.add_argument("--hooks", default="resid_post",
                     help="comma-separated hook names or shorthands (embed, vision, projector, resid_pre, resid_post, "
                          "attn_out, mlp_out, pattern, ln_final); see tracing/hooks.py")
@@ -107,8 +122,21 @@ def prepare(argv):
         raise UsageError(f"--layers {a.layers!r}: comma-separated integers") from None
     pattern = "pattern" in a.hooks and a.backend == "nnsight"  # TL computes patterns itself
     out = preflight("capture", a)
-    samples = load_data(a).samples
+    if a.dataset == "reasoning":
+        from tasks.reasoning import problem_set
+
+        if a.limit is None:
+            raise UsageError("--limit all: the reasoning problems are generated; give a number per family")
+        try:
+            samples = problem_set(a.tasks.split(",") if a.tasks else None, a.limit, a.seed)
+        except KeyError as e:
+            raise UsageError(f"--tasks: {e.args[0]}") from None
+    else:
+        samples = load_data(a).samples
     lm = load_from_args(a, attn="eager" if pattern else "sdpa")
+    if a.dataset == "reasoning" and lm.family.frame_tokens is not None:
+        raise UsageError(f"--dataset reasoning is text: --model {a.model} is a video model; use a text model "
+                         f"(e.g. --model reasoner)")
     if a.backend == "transformer_lens":
         from tracing.hooked import check_text_model
 

@@ -10,13 +10,19 @@ from tasks.datasets import DATASETS, load_dataset
 from tracing.registry import available, load_model, pixel_budget
 
 
-def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16) -> argparse.ArgumentParser:
+def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16,
+                  text_datasets: bool = False) -> argparse.ArgumentParser:
+    """The shared flags. ``text_datasets``: the analysis also takes
+    ``--dataset reasoning`` (tasks/reasoning.py word problems, text models)."""
     ap = argparse.ArgumentParser(prog=prog, description=description,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="organism",
                     help=f"registry name ({', '.join(available())}), a hub id, or a local checkpoint folder")
-    ap.add_argument("--dataset", default="synthetic", choices=sorted(DATASETS),
-                    help="synthetic (rendered here), or a local copy of tomato / tvbench (see --data-dir)")
+    text = " or reasoning (temporal word problems with their solutions, for text models; --tasks picks families " \
+           "and --limit counts per family)" if text_datasets else ""
+    choices = sorted(DATASETS) + (["reasoning"] if text_datasets else [])
+    ap.add_argument("--dataset", default="synthetic", choices=choices,
+                    help=f"synthetic (rendered here), or a local copy of tomato / tvbench (see --data-dir){text}")
     ap.add_argument("--data-dir", default=None, help="folder holding the benchmark's annotations and videos")
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: the dataset's own set)")
     ap.add_argument("--frames", type=int, default=frames, help="frames sampled uniformly from each video")

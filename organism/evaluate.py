@@ -1,6 +1,7 @@
 """Recompute the organism's accuracy table and write its model card.
 
     python -m organism.evaluate [--n 100] [--model organism] [--card]
+    python -m organism.evaluate --model reasoner [--card]   (organism/reasoner/evaluate.py)
 
 Held-out samples (seeds above every training seed), four conditions: the 8
 frames in order, one frame (the middle one), the 8 frames shuffled (a fixed
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from tasks.synthetic import TASKS, caption_prompt, render
 from tracing.inputs import build_inputs
-from tracing.registry import ORGANISM_DIR, load_model
+from tracing.registry import load_model
 from tracing.scoring import score
 
 from .train import CORE_TASKS, EXTRA_TASKS, HELD_OUT_SEED
@@ -155,6 +156,13 @@ def write_card(lm, table: dict, out: Path, n: int) -> None:
 
 
 def main(argv=None):
+    # The reasoner (a text LLM on word problems) has its own evaluation, in its package.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", default="organism")
+    if pre.parse_known_args(argv)[0].model == "reasoner":
+        from .reasoner.evaluate import main as reasoner_main
+
+        return reasoner_main(argv)
     ap = argparse.ArgumentParser(prog="python -m organism.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="organism", help="model name or checkpoint folder")

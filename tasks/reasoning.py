@@ -32,7 +32,8 @@ Arithmetic is kept learnable for a model of a few million parameters: every
 time is a multiple of 5 minutes, hours stay within one day (no wrap past
 midnight), durations are under an hour (clock) or two (duration), day offsets
 are 1-9 (one token each), the times to sort have one-digit hours (1:00-9:55),
-and names, activities and events come from small fixed lists.
+different within a problem, and names, activities and events come from
+small fixed lists.
 
 Dependencies (``Problem.deps``) are character spans of ``text``: each ``Dep``
 says that the value written at ``target`` (in the solution) is read from
@@ -339,7 +340,8 @@ def _relations(rng, n):
 
 def _timestamps(rng, n):
     events = [EVENTS[i] for i in rng.permutation(len(EVENTS))[:n]]  # in the order stated
-    times = [int(t) * 5 for t in rng.choice(np.arange(1 * 12, 10 * 12), size=n, replace=False)]  # 1:00-9:55
+    # One-digit hours, all different (1:00-9:55): the hour digit decides the order and names the event.
+    times = [int(h) * 60 + int(rng.integers(12)) * 5 for h in rng.choice(np.arange(1, 10), size=n, replace=False)]
     w = _Writer()
     marks = []
     for j, (e, t) in enumerate(zip(events, times)):
@@ -388,6 +390,23 @@ def make(family: str, seed: int, length: int | None = None, split: str = "train"
     text = w.text()
     problem, solution = text.split(SEP, 1)
     return Problem(family, int(length), int(seed), split, problem, solution.rstrip(SEP), answer, tuple(deps))
+
+
+def problem_set(families=None, limit: int = 16, seed: int = 0, split: str = "train") -> list[Problem]:
+    """``limit`` held-out problems per family (all families by default), chain
+    lengths drawn per problem: what an analysis runs on (``--dataset
+    reasoning``). Seeds from ``HELD_OUT_SEED + 100_000 * seed``, never trained
+    on. Unknown family names -> KeyError naming them."""
+    families = list(FAMILIES if families is None else families)
+    bad = [f for f in families if f not in FAMILIES]
+    if bad:
+        raise KeyError(f"unknown reasoning task(s) {', '.join(bad)}; valid: {', '.join(FAMILIES)}")
+    base = HELD_OUT_SEED + 100_000 * int(seed)
+    return [make(f, base + i, split=split) for f in families for i in range(limit)]
+
+
+def problem_id(p: Problem) -> str:
+    return f"{p.family}-{p.split}-{p.seed}"
 
 
 def answer_of(solution: str) -> str | None:

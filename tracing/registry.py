@@ -19,6 +19,11 @@ from .families import Family, family_for, recipe
 from .preprocess import Recipe
 
 ORGANISM_DIR = Path(__file__).resolve().parent.parent / "organism" / "checkpoint"
+# Models trained here and committed with the repository: name -> (folder, how to restore or retrain it).
+LOCAL_MODELS: dict[str, tuple[Path, str]] = {
+    "organism": (ORGANISM_DIR, "python -m organism.train"),
+    "reasoner": (ORGANISM_DIR.parent / "reasoner" / "checkpoint", "python -m organism.reasoner.train"),
+}
 
 # Short names of real checkpoints. A new one is one line here.
 HUB_MODELS: dict[str, str] = {
@@ -84,7 +89,7 @@ class LoadedModel:
 
 
 def available() -> list[str]:
-    return ["organism", *HUB_MODELS, *TINY_MODELS, *TINY_TEXT_MODELS]
+    return [*LOCAL_MODELS, *HUB_MODELS, *TINY_MODELS, *TINY_TEXT_MODELS]
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -110,7 +115,7 @@ def _not_found(name: str, repo: str, why: str) -> ModelNotFoundError:
         f"On a machine with network, fetch it with:\n"
         f"    hf download {repo}\n"
         f"then copy the cache folder here (or set HF_HOME), or pass --model /path/to/the/downloaded/folder.\n"
-        f"Models that need no download: organism, {', '.join(TINY_MODELS + TINY_TEXT_MODELS)}."
+        f"Models that need no download: {', '.join((*LOCAL_MODELS, *TINY_MODELS, *TINY_TEXT_MODELS))}."
     )
 
 
@@ -134,8 +139,8 @@ def resolve(name: str) -> tuple[str, str]:
     """name -> (kind, source) with kind in 'tiny', 'local', 'hub'."""
     if name in TINY_MODELS or name in TINY_TEXT_MODELS:
         return "tiny", name
-    if name == "organism":
-        return "local", str(ORGANISM_DIR)
+    if name in LOCAL_MODELS:
+        return "local", str(LOCAL_MODELS[name][0])
     if name in HUB_MODELS:
         return "hub", HUB_MODELS[name]
     if os.path.isdir(name):
@@ -204,10 +209,12 @@ def load_model(
 def _from_pretrained(name, kind, source, dtype, device_map):
     local_only = os.environ.get("HF_HUB_OFFLINE") == "1"
     if kind == "local" and not (Path(source) / "config.json").exists():
-        if name == "organism":
+        if name in LOCAL_MODELS:
+            folder, retrain = LOCAL_MODELS[name]
+            rel = folder.relative_to(ORGANISM_DIR.parent.parent)
             raise ModelNotFoundError(
-                f"the organism checkpoint is missing at {source}: it is committed with the repository; "
-                f"restore it with `git checkout organism/checkpoint` or retrain with `python -m organism.train`"
+                f"the {name} checkpoint is missing at {source}: it is committed with the repository; "
+                f"restore it with `git checkout {rel}` or retrain with `{retrain}`"
             )
         raise ModelNotFoundError(f"local folder {source!r} has no config.json: not a Hugging Face checkpoint")
     if kind == "local":  # a folder here: its own problems, never "download it"
