@@ -100,6 +100,7 @@ def test_every_step_is_right():
         if f == "timestamps":
             times = [clock(re.match(TIME, line).group(0)) for line in p.steps]
             assert times == sorted(times) and len(times) == L
+            assert len({t.hour for t in times}) == L  # one hour per event: the hour orders and names it
         if f == "relations":
             chain = expected_chain(p.problem)
             lines = [re.findall(r"the (\w+)", line) for line in p.steps]
