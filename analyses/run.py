@@ -307,6 +307,10 @@ def _sharded(decl: Declaration, w, target: Path, todo: list[int], job, workers: 
 
     started = not ray.is_initialized()
     if started:
+        if not ray_address:
+            # Ray runs workers at nice 15 by default: on a machine given to this run, the workers do
+            # all of its compute and should not yield to everything else (measured: bench/scale.py).
+            os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     try:

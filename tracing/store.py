@@ -334,6 +334,14 @@ class CacheWriter:
         self.path, self._f, self._ident, self._static, self._lock = Path(path), f, ident, static, lock
         self.n_samples = len(ident["samples"])
         self._limit = int(f.attrs["max_json_bytes"])
+        self._ds: dict = {}
+
+    def _dataset(self, name: str):
+        # h5py's path lookups cost more than a small sample's write: each dataset is looked up once
+        d = self._ds.get(name)
+        if d is None:
+            d = self._ds[name] = self._f[name]
+        return d
 
     @classmethod
     def open(cls, path, model, model_fingerprint, dataset, config: dict,
@@ -380,10 +388,10 @@ class CacheWriter:
 
     def pending(self) -> list[int]:
         """Indices of samples not yet complete, in order."""
-        return [int(i) for i in np.flatnonzero(~self._f["samples/complete"][()])]
+        return [int(i) for i in np.flatnonzero(~self._dataset("samples/complete")[()])]
 
     def is_complete(self, i: int) -> bool:
-        return bool(self._f["samples/complete"][i])
+        return bool(self._dataset("samples/complete")[i])
 
     def write_sample(self, i: int, acts: dict, layout: dict, meta: dict | None = None):
         """Store sample i: acts {hook: array [*shape]} (each shape at most the
@@ -405,11 +413,10 @@ class CacheWriter:
         layout_b = _json_field(layout, self._limit, f"layout of sample {i}", self.path)
         meta_b = _json_field(meta or {}, self._limit, f"meta of sample {i}", self.path)
 
-        f, done = self._f, self._f["samples/complete"]
+        f, done = self._f, self._dataset("samples/complete")
         if done[i]:  # a rewrite must not look complete while half-written
             done[i] = False
             f.flush()
-        acts_g, shape_g = f["acts"], f["acts_shape"]
         for name, x in acts.items():
             shape, dtype = hooks[name]
             x = np.ascontiguousarray(x, dtype=dtype)
@@ -419,10 +426,11 @@ class CacheWriter:
                 slot = np.zeros(shape, dtype)
                 slot[tuple(slice(0, d) for d in x.shape)] = x
                 x = slot
-            acts_g[name].write_direct(x, dest_sel=np.s_[i])
-            shape_g[name][i] = np.shape(acts[name])
-        f["layout"][i] = layout_b
-        f["samples/run_meta"][i] = meta_b
+            self._dataset(f"acts/{name}").write_direct(x, dest_sel=np.s_[i])
+            true = self._dataset(f"acts_shape/{name}")
+            true.write_direct(np.asarray(np.shape(acts[name]), dtype=true.dtype), dest_sel=np.s_[i])
+        self._dataset("layout")[i] = layout_b
+        self._dataset("samples/run_meta")[i] = meta_b
         f.flush()
         done[i] = True
         f.flush()
@@ -432,6 +440,7 @@ class CacheWriter:
         spec = {k: (np.shape(v), np.asarray(v).dtype) for k, v in acts.items()}
         spec = _hook_spec(spec, self._ident["float16"])  # validate before closing
         self._f.close()
+        self._ds = {}
         self._ident["hooks"] = spec
         _create(self.path, self._ident, _attr(self.path, "created"), self._limit, self._static)
         self._f = _open_h5(self.path, "r+")
