@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 import _store_writer as W
-from tracing.store import (CacheMismatchError, CacheReader, CacheWriter, ResultsFile,
-                           SampleMeta, StoreError)
+from tracing.store import (CacheMismatchError, CacheReader, CacheWriter, SampleMeta, StoreError)
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.hook_resid_post"
@@ -294,33 +293,29 @@ def test_resume_after_real_kills_equals_uninterrupted_run(tmp_path):
 
 # ------------------------------------------------------------------ results file
 
-def test_results_file(tmp_path):
+def test_results_beside_the_samples(tmp_path):
+    """/results/<name>: arrays of any shape with JSON attrs, refused when present
+    unless overwrite; read back by name, a missing name named."""
     path = tmp_path / "res" / "flow.h5"
     samples = W.samples(4)
-    rf = ResultsFile.open(path, "tiny-test", "fp", "synthetic", {"layers": [1, 2]}, samples)
     scores = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-    rf.write_result("flow/cross_frame", scores, {"layers": [1, 2], "window": 3})
-    rf.write_result("tomato/labels", np.array(["before", "after"]))
-    with pytest.raises(ValueError, match="exists; pass overwrite=True"):
-        rf.write_result("flow/cross_frame", scores[0])
-    assert not path.with_name("flow.h5.partial").exists()
-    rf = ResultsFile.open(path, "tiny-test", "fp", "synthetic", {"layers": [1, 2]}, samples)
-    rf.write_result("flow/cross_frame", scores[1], {"layers": [2]}, overwrite=True)
-    r = rf.reader()
+    with CacheWriter.open(path, "tiny-test", "fp", "synthetic", {"layers": [1, 2]}, samples) as w:
+        w.write_result("flow/cross_frame", scores, {"layers": [1, 2], "window": 3})
+        w.write_result("tomato/labels", np.array(["before", "after"]))
+        with pytest.raises(ValueError, match="exists; pass overwrite=True"):
+            w.write_result("flow/cross_frame", scores[0])
+        w.write_result("flow/cross_frame", scores[1], {"layers": [2]}, overwrite=True)
+    r = CacheReader(path)
     assert r.results() == ["flow/cross_frame", "tomato/labels"]
     arr, attrs = r.result("flow/cross_frame")
     assert np.array_equal(arr, scores[1]) and attrs == {"layers": [2]}
     assert r.result("tomato/labels")[0].tolist() == ["before", "after"]
     assert r.samples["id"].tolist() == ["s000", "s001", "s002", "s003"]
-    assert r.samples["complete"].all() and r.hooks == []
     with pytest.raises(KeyError, match="no result 'flow/x'"):
         r.result("flow/x")
     before = path.read_bytes()
     with pytest.raises(CacheMismatchError, match=r"config.layers: \[1, 2\] \(in file\) vs \[3\]"):
-        ResultsFile.open(path, "tiny-test", "fp", "synthetic", {"layers": [3]}, samples)
-    # a results file is not an activation cache, and the other way round
-    with pytest.raises(CacheMismatchError, match="kind: 'results'"):
-        CacheWriter.open(path, "tiny-test", "fp", "synthetic", {"layers": [1, 2]}, samples)
+        CacheWriter.open(path, "tiny-test", "fp", "synthetic", {"layers": [3]}, samples)
     assert path.read_bytes() == before
 
 

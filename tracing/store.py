@@ -2,7 +2,7 @@
 
 One file per run. Layout (schema 1)::
 
-    attrs   chronolens_version, kind ("cache" | "results"), model,
+    attrs   chronolens_version, kind ("cache"), model,
             model_fingerprint, dataset, config (JSON, sorted keys), created
             (ISO time), schema, hooks (JSON {name: [max_shape, dtype]}, or
             null until the first sample defines them), float16, max_json_bytes
@@ -33,15 +33,15 @@ is not used: an SWMR writer killed by -9 leaves a file that can no longer be
 opened for writing without ``h5clear``.
 
 Writing results into an activation cache (``CacheWriter.write_result``)
-changes metadata in place and is not kill-safe; ``ResultsFile`` rewrites its
-(small) file through a copy and an atomic replace, and is.
+changes metadata in place and is not kill-safe; the run engine's
+``analyses.run.later_stage`` writes a stage's results into a copy of a
+complete file that replaces it atomically, and is.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -447,7 +447,7 @@ class CacheWriter:
 
     def write_result(self, name: str, array, attrs: dict | None = None, overwrite: bool = False):
         """Store an analysis output at /results/<name>. In place: not kill-safe
-        (prefer a ResultsFile for results written after the capture)."""
+        (results computed after a run: ``analyses.run.later_stage``)."""
         _put_result(self._f, self.path, name, array, attrs, overwrite)
         self._f.flush()
 
@@ -483,43 +483,6 @@ def _put_result(f, path, name, array, attrs, overwrite):
     else:
         d = f.create_dataset(full, data=a)
     d.attrs["attrs"] = _dumps(attrs or {})
-
-
-class ResultsFile:
-    """A file of analysis outputs only (/samples + /results), refused if it
-    belongs to another configuration. Each write_result rewrites the file
-    through a copy and an atomic replace, so a kill leaves the old or the new one."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-
-    @classmethod
-    def open(cls, path, model, model_fingerprint, dataset, config: dict,
-             samples: list[SampleMeta]) -> "ResultsFile":
-        """Create the file or reopen it; CacheMismatchError if another run wrote it."""
-        path = Path(path)
-        _check_samples(samples, path)
-        ident = _identity("results", model, model_fingerprint, dataset, config, samples)
-        if path.exists():
-            _check_existing(path, ident)
-        else:
-            _create(path, ident, datetime.now(timezone.utc).isoformat())
-        return cls(path)
-
-    def write_result(self, name: str, array, attrs: dict | None = None, overwrite: bool = False):
-        """Store array (any shape) at /results/<name> with JSON-able attrs."""
-        tmp = self.path.with_name(self.path.name + ".partial")
-        shutil.copyfile(self.path, tmp)
-        try:
-            with h5py.File(tmp, "r+") as f:
-                _put_result(f, self.path, name, array, attrs, overwrite)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, self.path)
-
-    def reader(self) -> "CacheReader":
-        return CacheReader(self.path)
 
 
 # ---------------------------------------------------------------- reading
