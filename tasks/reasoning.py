@@ -138,6 +138,16 @@ class _Writer:
     def text(self) -> str:
         return "".join(self.parts)
 
+    def step(self, x: str, op: str, y: str, z: str) -> tuple[Span, Span, Span]:
+        """One solution line 'x op y = z' -> the spans of x, y and z."""
+        a = self.put(x)
+        self.put(f" {op} ")
+        b = self.put(y)
+        self.put(" = ")
+        c = self.put(z)
+        self.put(SEP)
+        return a, b, c
+
 
 def hm(minutes: int) -> str:
     """Minutes since midnight (or a duration in minutes) -> 'H:MM'."""
@@ -179,13 +189,8 @@ def _clock(rng, k):
     w.put(SEP)
     deps, prev, cur = [], t_span, start
     for i in range(k):
-        a = w.put(hm(cur))
-        w.put(" + ")
-        b = w.put(hm(mins[i]))
-        w.put(" = ")
+        a, b, c = w.step(hm(cur), "+", hm(mins[i]), hm(cur + mins[i]))
         cur += mins[i]
-        c = w.put(hm(cur))
-        w.put(SEP)
         deps += [Dep(a, (prev,), "copy"), Dep(b, (num[i],), "copy"), Dep(c, (a, b), "compute")]
         prev = c
     w.put(ANSWER)
@@ -217,23 +222,13 @@ def _duration(rng, k):
     w.put(SEP)
     deps, results = [], []
     for (t1, t2), (a_src, b_src) in zip(spans, marks):
-        b = w.put(hm(t2))
-        w.put(" - ")
-        a = w.put(hm(t1))
-        w.put(" = ")
-        c = w.put(hm(t2 - t1))
-        w.put(SEP)
+        b, a, c = w.step(hm(t2), "-", hm(t1), hm(t2 - t1))
         deps += [Dep(b, (b_src,), "copy"), Dep(a, (a_src,), "copy"), Dep(c, (b, a), "compute")]
         results.append((c, t2 - t1))
     prev, total = results[0]
     for c_src, d in results[1:]:
-        a = w.put(hm(total))
-        w.put(" + ")
-        b = w.put(hm(d))
-        w.put(" = ")
+        a, b, c = w.step(hm(total), "+", hm(d), hm(total + d))
         total += d
-        c = w.put(hm(total))
-        w.put(SEP)
         deps += [Dep(a, (prev,), "copy"), Dep(b, (c_src,), "copy"), Dep(c, (a, b), "compute")]
         prev = c
     w.put(ANSWER)
@@ -259,13 +254,8 @@ def _weekday(rng, k):
     w.put(SEP)
     deps, prev = [], d_span
     for i in range(k):
-        a = w.put(DAYS[day])
-        w.put(" + ")
-        b = w.put(str(offs[i]))
-        w.put(" = ")
+        a, b, c = w.step(DAYS[day], "+", str(offs[i]), DAYS[(day + offs[i]) % 7])
         day = (day + offs[i]) % 7
-        c = w.put(DAYS[day])
-        w.put(SEP)
         deps += [Dep(a, (prev,), "copy"), Dep(b, (num[i],), "copy"), Dep(c, (a, b), "compute")]
         prev = c
     w.put(ANSWER)
