@@ -18,6 +18,13 @@ then assume a square causal mask, which is wrong once queries are fewer than
 keys (generation with a cache). ``eager_mask`` materialises the causal (and
 padding, and sliding-window) mask as a float tensor under both eager and sdpa.
 
+An override that accepts what the model's own implementation gets may ask
+for it (``native_mask=True``): under sdpa the layers then see sdpa's own
+mask, ``None`` for a plain causal batch (sdpa's ``is_causal`` path, no
+``[T, T]`` tensor) or a boolean one (True = attend) with padding; under eager
+nothing changes. Attention statistics use this: a float ``[T, T]`` mask is
+quadratic memory they otherwise avoid.
+
 The state lives on the attention modules of the one model inside the
 ``with`` block (attribute ``_chronolens_attn``) and is removed on exit: the
 registered function itself holds nothing.
@@ -30,10 +37,11 @@ from typing import Callable
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 IMPL = "chronolens"
+IMPL_SDPA_MASK = "chronolens_sdpa_mask"  # the same dispatch, with sdpa's own mask builder
 _STATE = "_chronolens_attn"
 
 Override = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
@@ -55,6 +63,8 @@ def _dispatch(module, query, key, value, attention_mask, **kwargs):
 
 AttentionInterface.register(IMPL, _dispatch)
 AttentionMaskInterface.register(IMPL, eager_mask)
+AttentionInterface.register(IMPL_SDPA_MASK, _dispatch)
+AttentionMaskInterface.register(IMPL_SDPA_MASK, sdpa_mask)
 
 
 def attention_module(layer: torch.nn.Module) -> torch.nn.Module:
@@ -74,7 +84,7 @@ def base_attention(impl: str, attn: torch.nn.Module) -> Callable:
         if fn is None:
             raise ValueError(f"{type(attn).__module__} defines no eager_attention_forward")
         return fn
-    if impl == IMPL:
+    if impl in (IMPL, IMPL_SDPA_MASK):
         raise RuntimeError("attention overrides do not nest: combine the edge sets instead (EdgeSet | EdgeSet)")
     return ALL_ATTENTION_FUNCTIONS[impl]
 
@@ -87,10 +97,12 @@ def _set_impl(lm, impl: str) -> None:
 
 
 @contextmanager
-def attention_overrides(lm, overrides: dict[int, Override]):
+def attention_overrides(lm, overrides: dict[int, Override], native_mask: bool = False):
     """Route the LLM's attention through ``overrides[layer]`` for the layers
     given (others run their usual attention), for ordinary forwards and
-    ``generate`` alike. ``lm`` is a ``tracing.registry.LoadedModel``."""
+    ``generate`` alike. ``lm`` is a ``tracing.registry.LoadedModel``.
+    ``native_mask``: the layers get the mask their own implementation would
+    (see the module's docstring), not always a float one."""
     n = lm.n_layers
     bad = [l for l in overrides if not 0 <= l < n]
     if bad:
@@ -101,7 +113,7 @@ def attention_overrides(lm, overrides: dict[int, Override]):
     for i, m in enumerate(modules):
         setattr(m, _STATE, (bases[i], overrides.get(i)))
     try:
-        _set_impl(lm, IMPL)
+        _set_impl(lm, IMPL_SDPA_MASK if native_mask and before == "sdpa" else IMPL)
         yield
     finally:
         _set_impl(lm, before)

@@ -1,0 +1,181 @@
+"""tracing/attention_stats.py against materialised eager attention maps.
+
+The reference takes the maps the model itself returns (``output_attentions``
+under eager) and applies the formulas of PAPERS.md section 4 in float64
+numpy, entry by entry; nothing of the streamed code is reused.
+"""
+import numpy as np
+import pytest
+import torch
+
+from tracing.attention_stats import HORIZONS, Horizon, StatsSpec, attention_stats
+from tracing.inputs import build_inputs
+from tracing.registry import TINY_MODELS, TINY_TEXT_MODELS, load_model
+
+torch.set_num_threads(1)
+TOL = 1e-5
+W = 10
+# v1's [10, 50], the analysis' "to the end", and a short one whose T(s) is empty
+# over the last 2 positions (s + 2 > T - 1).
+SPEC_HORIZONS = (HORIZONS["v1"], HORIZONS["end"], Horizon("near", 2, 5))
+
+_MODELS: dict = {}
+
+
+def model(name, attn="eager"):
+    if (name, attn) not in _MODELS:
+        _MODELS[name, attn] = load_model(name, attn=attn)
+    return _MODELS[name, attn]
+
+
+def video_prompt(lm, n_frames=3):
+    size = lm.config.vision_config.image_size if lm.name == "organism" else 96
+    frames = np.random.default_rng(0).integers(0, 256, (n_frames, size, size, 3), dtype=np.uint8)
+    return build_inputs(lm, frames, "Which way does the object move ?", ["left", "right", "up"], answer=1)
+
+
+def text_prompt(lm):
+    if lm.name == "reasoner":
+        from tasks.reasoning import problem_set
+        from tracing.traces import trace_inputs
+        return trace_inputs(lm.tokenizer, problem_set(["clock"], 1, seed=3)[0])
+    return build_inputs(lm, None, "Which way does the object move ?", ["left", "right", "up"], answer=1)
+
+
+def spec_for(layout, T, chunk):
+    rows = np.zeros(T, bool)
+    rows[layout.question.start:] = True  # everything after the video (the text models: after <s>)
+    frames = sorted({(s.start, s.end) for s in layout.frames})
+    spans = {"system": (layout.system.start, layout.system.end), "video": (layout.video.start, layout.video.end),
+             "question": (layout.question.start, layout.question.end), "last": (layout.last, layout.last + 1)}
+    return StatsSpec(rows=rows, window=W, horizons=SPEC_HORIZONS, frames=frames, spans=spans, chunk=chunk)
+
+
+def reference(maps: np.ndarray, spec: StatsSpec) -> dict[str, np.ndarray]:
+    """The formulas, over materialised maps [L, H, T, T] (float64)."""
+    L, H, T, _ = maps.shape
+    t = np.arange(T)[:, None]
+    s = np.arange(T)[None, :]
+    dist = np.where(s <= t, t - s, 0).astype(float)
+    out = {"span_term": (maps * dist).sum(-1), "waad": (maps * np.minimum(dist, W)).sum(-1)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["entropy"] = -np.where(maps > 0, maps * np.log(maps), 0.0).sum(-1)
+    rows = np.asarray(spec.rows)
+    for h in spec.horizons:
+        hi = T if h.hi is None else h.hi
+        fai = np.full((L, H, T), np.nan)
+        for key in range(T):
+            ts = [q for q in range(T) if rows[q] and key + h.lo <= q <= key + hi]
+            if ts:
+                fai[:, :, key] = maps[:, :, ts, key].mean(-1)
+        out[f"fai_{h.name}"] = fai
+
+    def mass(groups):
+        return np.array([[maps[:, :, a:b, c:d].sum((-1, -2)) for (c, d) in groups] for (a, b) in groups]
+                        ).transpose(2, 3, 0, 1) if groups else np.zeros((L, H, 0, 0))
+
+    out["frame_mass"] = mass(list(spec.frames))
+    out["span_mass"] = mass(list(spec.spans.values()))
+    return out
+
+
+def check(lm, inputs, layout, chunk):
+    T = inputs["input_ids"].shape[1]
+    spec = spec_for(layout, T, chunk)
+    with torch.no_grad():
+        plain = lm.model(**inputs, output_attentions=True)
+        with attention_stats(lm, spec) as st:
+            streamed = lm.model(**inputs)
+    # the layers' outputs are the model's own
+    assert torch.equal(plain.logits, streamed.logits)
+    maps = np.stack([a[0].double().numpy() for a in plain.attentions])
+    ref = reference(maps, spec)
+    got = st.numpy()
+    assert set(got) == set(ref)
+    for name, r in ref.items():
+        assert got[name].shape == r.shape, name
+        assert np.array_equal(np.isnan(got[name]), np.isnan(r)), name
+        np.testing.assert_allclose(np.nan_to_num(got[name]), np.nan_to_num(r), rtol=TOL, atol=TOL, err_msg=name)
+    for h in spec.horizons:  # counts: |T(s)| by hand
+        hi = T if h.hi is None else h.hi
+        rows = np.asarray(spec.rows)
+        want = [sum(rows[q] for q in range(T) if key + h.lo <= q <= key + hi) for key in range(T)]
+        assert st.fai_count(h.name).tolist() == want
+    return ref
+
+
+@pytest.mark.parametrize("name", TINY_MODELS + ("organism",))
+def test_video_models_against_eager_maps(name):
+    lm = model(name)
+    inputs, layout = video_prompt(lm)
+    ref = check(lm, inputs, layout, chunk=7)  # boundaries inside frames and at odd offsets
+    assert np.isnan(ref["fai_near"][..., -2:]).all() and not np.isnan(ref["fai_near"][..., -3]).any()
+    assert ref["frame_mass"].shape[-1] == len({(s.start, s.end) for s in layout.frames}) >= 2
+
+
+@pytest.mark.parametrize("name", TINY_TEXT_MODELS + ("reasoner",))
+def test_text_models_against_eager_maps(name):
+    lm = model(name)
+    inputs, layout = text_prompt(lm)
+    for chunk in (1, 16, None):  # a row at a time, boundaries, one chunk for all
+        check(lm, inputs, layout, chunk)
+
+
+def test_sdpa_model_gives_the_same_statistics():
+    eager, sdpa = model("tiny-qwen2-vl"), model("tiny-qwen2-vl", "sdpa")
+    inputs, layout = video_prompt(eager)
+    spec = spec_for(layout, inputs["input_ids"].shape[1], 32)
+    got = {}
+    for lm in (eager, sdpa):
+        with torch.no_grad(), attention_stats(lm, spec, layers=[0, 2]) as st:
+            lm.model(**inputs)
+        got[lm.text_config._attn_implementation] = st.numpy()
+    for n, a in got["eager"].items():
+        np.testing.assert_allclose(np.nan_to_num(got["sdpa"][n]), np.nan_to_num(a), rtol=TOL, atol=TOL, err_msg=n)
+    assert got["eager"]["waad"].shape[0] == 2
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError, match="horizon"):
+        StatsSpec(horizons=("v9",))
+    with pytest.raises(ValueError, match="lo <= hi"):
+        Horizon("x", 10, 5)
+    with pytest.raises(ValueError, match="window"):
+        StatsSpec(window=0)
+    lm = model("reasoner")
+    inputs, _ = text_prompt(lm)
+    T = inputs["input_ids"].shape[1]
+    with pytest.raises(ValueError, match="rows"), attention_stats(lm, StatsSpec(rows=[True] * (T - 1))):
+        lm.model(**inputs)
+    with pytest.raises(ValueError, match="outside"), attention_stats(lm, StatsSpec(spans={"x": (0, T + 1)})):
+        lm.model(**inputs)
+
+
+def test_padded_batch_under_sdpa_against_eager_maps():
+    """Left padding: sdpa's boolean mask reaches the statistics; each row of
+    the batch against the eager maps of the same padded batch."""
+    from tasks.reasoning import problem_set
+    from tracing.traces import prompt_ids
+    eager, sdpa = model("reasoner"), model("reasoner", "sdpa")
+    ids = [prompt_ids(eager.tokenizer, p) for p in problem_set(["clock", "weekday"], 1, seed=5)]
+    T = max(map(len, ids))
+    pad = eager.tokenizer.pad_token_id
+    inputs = {"input_ids": torch.tensor([[pad] * (T - len(x)) + x for x in ids]),
+              "attention_mask": torch.tensor([[0] * (T - len(x)) + [1] * len(x) for x in ids])}
+    assert len(set(map(len, ids))) > 1
+    spec = StatsSpec(rows=[t >= T // 2 for t in range(T)], horizons=SPEC_HORIZONS, spans={"a": (0, 5), "b": (5, T)},
+                     chunk=9)
+    with torch.no_grad():
+        plain = eager.model(**inputs, output_attentions=True)
+        with attention_stats(sdpa, spec) as st:
+            sdpa.model(**inputs)
+    for b in range(2):
+        pad = inputs["attention_mask"][b].numpy() == 0
+        maps = np.stack([a[b].double().numpy() for a in plain.attentions])
+        maps[:, :, pad] = 0.0  # padding queries are no part of the sequence
+        ref = reference(maps, spec)
+        for name in ("span_term", "waad", "entropy"):
+            ref[name][..., pad] = np.nan
+        got = st.numpy(batch=b)
+        for name, r in ref.items():
+            np.testing.assert_allclose(np.nan_to_num(got[name]), np.nan_to_num(r), rtol=TOL, atol=TOL, err_msg=name)

@@ -1,0 +1,344 @@
+"""Exact attention statistics streamed inside the forward (WAAD / FAI, Li et al. 2025).
+
+The paper's metrics need every attention map A^(l,h) [T, T]; materialising
+them (``output_attentions=True``) costs L * H * T^2 floats, ~490 GB for a
+12.5k-token video on a 7B model. Here each layer's attention call is
+overridden (``tracing.attention``, the mechanism the knockout uses): the
+layer's output is the model's own (its usual eager or sdpa function is
+called unchanged), and beside it the softmax is recomputed query chunk by
+query chunk in float32, keys only up to the chunk's end (the model is causal),
+and reduced at once. At most one chunk's ``[B, H, chunk, keys]`` scores and
+two temporaries of that size exist at a time.
+
+Per layer, head and query position t (every position; the analysis averages
+over its rows R):
+
+    span_term[t] = sum_{s<=t} A_ts (t - s)             (head span d = mean over R)
+    waad[t]      = sum_{s<=t} A_ts min(t - s, W)        (WAAD_t, window W)
+    entropy[t]   = -sum_s A_ts log A_ts                 (nats; the attention row's)
+
+per layer, head and key position s, for each horizon [lo, hi] (hi None = to
+the end of the sequence):
+
+    fai[s]       = mean over t in T(s) of A_ts,  T(s) = {t in R : s + lo <= t <= s + hi}
+    fai_count[s] = |T(s)|  (the same for every head); fai is NaN where it is 0
+                   (FAI is undefined there: the paper leaves it open, a
+                   third-party version writes 0; NaN keeps "undefined" apart
+                   from "never read")
+
+and per layer and head, the attention mass between position groups: summed
+attention from the queries of group i to the keys of group j (``[G, G]``),
+for the frames (frame x frame) and for named layout spans (system, video,
+question, ..., response) separately. Sums, not means: divide by the group's
+row count for a mean row.
+
+How the sums stay exact and cheap (each a pass over the chunk at most, no
+log or product over the whole chunk): the span term is a matrix-vector
+product over the keys before the chunk (``A @ (i - s) + (t - i) * mass``,
+every term non-negative: no float32 cancellation) plus the chunk's own
+triangle;
+WAAD is ``W * rowsum - sum_{o<W} (W - o) A_{t,t-o}`` from a W-wide gather;
+the entropy is ``lse - sum_s A_ts S_ts`` with the log-sum-exp taken from
+the row's largest probability; FAI is a vector-matrix product over the keys
+every row of the chunk reaches and a masked sum over the band at the
+horizon's edges; group masses are two small matmuls with one-hot tables.
+
+A query row with no key to read (left padding of a batch) is no part of
+any sequence: its own statistics are NaN and it adds nothing to FAI or the
+masses.
+
+Grouped-query attention is handled by grouping query heads over their
+key/value head (no ``repeat_kv`` copy). Models with logit soft-capping or
+attention sinks are refused (their softmax differs from the one here).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .attention import attention_overrides
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """FAI's horizon: rows t with s + lo <= t <= s + hi (hi None: to the end)."""
+
+    name: str
+    lo: int
+    hi: int | None = None
+
+    def __post_init__(self):
+        if self.lo < 0 or (self.hi is not None and self.hi < self.lo):
+            raise ValueError(f"horizon {self.name!r}: need 0 <= lo <= hi, got [{self.lo}, {self.hi}]")
+
+
+# The paper's versions: v1 and v2 of the RL method, and its analysis section (App. A.1), to the end.
+HORIZONS = {"v1": Horizon("v1", 10, 50), "v2": Horizon("v2", 10, 100), "end": Horizon("end", 10, None)}
+
+
+@dataclass
+class StatsSpec:
+    """What to compute for one input of T tokens.
+
+    rows:     the rows R that FAI averages over (bool [T]; None = every position).
+    window:   WAAD's W (the paper's 10).
+    horizons: FAI horizons (names of ``HORIZONS`` or ``Horizon`` objects).
+    frames:   [start, end) token ranges of the frames, for the frame x frame mass.
+    spans:    name -> [start, end) token range, for the span x span mass
+              (ranges may leave positions out; they should not overlap).
+    chunk:    query rows per chunk; None picks about 512k scores per chunk.
+    """
+
+    rows: Sequence[bool] | torch.Tensor | None = None
+    window: int = 10
+    horizons: Sequence[Horizon | str] = ("end",)
+    frames: Sequence[tuple[int, int]] = ()
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    chunk: int | None = None
+
+    def __post_init__(self):
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+        hs = []
+        for h in self.horizons:
+            if isinstance(h, str):
+                if h not in HORIZONS:
+                    raise ValueError(f"unknown FAI horizon {h!r}; known: {', '.join(HORIZONS)}")
+                h = HORIZONS[h]
+            hs.append(h)
+        if len({h.name for h in hs}) != len(hs):
+            raise ValueError(f"FAI horizons need distinct names, got {[h.name for h in hs]}")
+        self.horizons = tuple(hs)
+        self.frames = tuple((int(a), int(b)) for a, b in self.frames)
+        self.spans = {str(k): (int(a), int(b)) for k, (a, b) in self.spans.items()}
+
+
+def _auto_chunk(heads: int, keys: int) -> int:
+    # ~512k scores (2 MB) per chunk: the passes over a chunk then run from
+    # cache (measured 1.5x faster than 8 MB chunks), and the per-chunk Python
+    # overhead stays small
+    return max(16, min(keys, (1 << 19) // max(1, heads * keys)))
+
+
+class _Tables:
+    """Per-forward tables shared by every layer: rows, group one-hots and FAI
+    row counts (all linear in T), and the per-chunk FAI masks."""
+
+    def __init__(self, spec: StatsSpec, T: int, device):
+        self.T = T
+        rows = torch.ones(T, dtype=torch.bool) if spec.rows is None else torch.as_tensor(spec.rows, dtype=torch.bool)
+        if rows.shape != (T,):
+            raise ValueError(f"StatsSpec.rows has {tuple(rows.shape)} entries for a {T}-token input")
+        self.rows = rows.to(device)
+        groups = list(spec.frames) + list(spec.spans.values())
+        for a, b in groups:
+            if not 0 <= a <= b <= T:
+                raise ValueError(f"group range [{a}, {b}) outside the {T}-token input")
+        self.n_frames, self.n_spans = len(spec.frames), len(spec.spans)
+        onehot = torch.zeros(T, len(groups), device=device)
+        for g, (a, b) in enumerate(groups):
+            onehot[a:b, g] = 1.0
+        self.onehot = onehot  # [T, G]
+        pos = torch.arange(T, device=device)
+        self.count = {}  # horizon name -> |T(s)| [T]
+        for h in spec.horizons:  # |T(s)| = number of rows t in R within [s + lo, s + hi]
+            c = torch.cumsum(torch.cat([torch.zeros(1, device=device), self.rows.float()]), 0)  # c[i] = |R & [0, i)|
+            lo = (pos + h.lo).clamp(max=T)
+            hi = T if h.hi is None else (pos + h.hi + 1).clamp(max=T)
+            self.count[h.name] = (c[hi] - c[lo]).clamp(min=0)
+        self.spec = spec
+
+    def fai_pieces(self, i: int, j: int, h: Horizon) -> list[tuple[int, int, torch.Tensor | None]]:
+        """How the rows [i, j) reach the keys for horizon ``h``: a list of
+        (key start, key end, mask [j-i, end-start] or None). None marks the
+        keys every row of the chunk reads within the horizon (a plain column
+        sum over the rows in R, done as one matrix-vector product); a mask
+        marks the band at the edges. Built per chunk and layer and dropped:
+        kept for all chunks they would be T^2 / 2 entries, the quadratic
+        memory this module avoids."""
+        lo, hi = h.lo, (j if h.hi is None else h.hi)
+        p0, p1 = max(0, i - hi), max(0, j - lo)  # keys some row reaches: s in [t - hi, t - lo]
+        f0, f1 = max(0, j - 1 - hi), max(0, i - lo + 1)  # keys every row reaches
+        if f0 >= f1:
+            edges = [(p0, p1)]
+            f0 = f1 = None
+        else:
+            edges = [(p0, f0), (f1, p1)]
+        out = [] if f0 is None else [(f0, f1, None)]
+        t = torch.arange(i, j, device=self.rows.device)[:, None]
+        for x, y in edges:
+            if x < y:
+                d = t - torch.arange(x, y, device=self.rows.device)[None, :]
+                out.append((x, y, ((d >= lo) & (d <= hi) & self.rows[i:j, None]).float()))
+        return out
+
+
+class AttentionStats:
+    """The statistics of one forward, filled layer by layer; read with
+    ``numpy()`` once the forward is done."""
+
+    def __init__(self, spec: StatsSpec, layers: Sequence[int]):
+        self.spec = spec
+        self.layers = tuple(layers)
+        self._per_layer: dict[int, dict[str, torch.Tensor]] = {}
+        self._tables: _Tables | None = None
+
+    # called from the attention override
+    def _record(self, layer: int, module, query, key, attention_mask, scaling: float) -> None:
+        B, H, Q, _ = query.shape
+        Hkv, K = key.shape[1], key.shape[2]
+        if Q != K:
+            raise ValueError(f"attention statistics need one whole forward (queries = keys), got {Q} queries over "
+                             f"{K} keys: run them without a cache, not inside generate()")
+        if self._tables is None or self._tables.T != K:
+            self._tables = _Tables(self.spec, K, query.device)
+        tab, spec = self._tables, self.spec
+        W, G, nf = spec.window, tab.onehot.shape[1], tab.n_frames
+        chunk = spec.chunk or _auto_chunk(H, K)
+        dev = query.device
+        out = {n: torch.zeros(B, H, K, device=dev) for n in ("span_term", "waad", "entropy")}
+        fai = {h.name: torch.zeros(B, H, K, device=dev) for h in spec.horizons}
+        mass = torch.zeros(B, H, G, G, device=dev)
+        groups = H // Hkv
+        # the scaling folded into the queries (eager scales the product: equal to float32 rounding)
+        q = (query.float() * scaling).reshape(B, Hkv, groups, Q, -1)
+        k = key.float()[:, :, None]  # [B, Hkv, 1, K, d]
+        if attention_mask is not None and attention_mask.dim() != 4:
+            raise ValueError(f"expected a 4D attention mask, got {tuple(attention_mask.shape)}")
+        fmin = torch.finfo(torch.float32).min
+        o = torch.arange(W, device=dev)
+        tri_dist = (o.new_tensor(range(chunk))[:, None] - o.new_tensor(range(chunk))[None, :]).clamp(min=0).float()
+        tri_mask = tri_dist.eq(0) & ~torch.eye(chunk, dtype=torch.bool, device=dev)  # keys after the query
+        weight = (W - o).float()
+        for i in range(0, K, chunk):
+            j = min(K, i + chunk)
+            c = j - i
+            t = torch.arange(i, j, device=dev)
+            s = torch.matmul(q[:, :, :, i:j], k[:, :, :, :j].transpose(-1, -2)).reshape(B, H, c, j)
+            if attention_mask is None:  # sdpa's plain causal case: only the chunk's own triangle
+                s[..., i:j].masked_fill_(tri_mask[:c, :c], fmin)
+            elif attention_mask.dtype == torch.bool:  # sdpa's: True = attend
+                s.masked_fill_(~attention_mask[:, :, i:j, :j], fmin)
+            else:  # eager's additive mask
+                s += attention_mask[:, :, i:j, :j].float()
+            top = s.amax(-1, keepdim=True)
+            s -= top  # softmax does not change; the entropy's sum below stays small (no cancellation)
+            a = torch.softmax(s, dim=-1)
+            # log-sum-exp of the shifted row from its largest probability (>= 1/j,
+            # never 0): entropy = lse - sum_s a s, without a log over the whole row
+            lse = -a.amax(-1).log()
+            top = top[..., 0]
+            # a row with no key to read (left padding) is no part of the sequence:
+            # it adds nothing, and its own statistics are NaN (eager would spread
+            # it over all T keys, sdpa differently)
+            dead = top <= fmin / 2 if attention_mask is not None else None
+            if dead is not None and dead.any():
+                a.masked_fill_(dead[..., None], 0.0)
+                s.masked_fill_(dead[..., None], 0.0)
+            else:
+                dead = None
+            rowsum = a.sum(-1)
+            out["entropy"][..., i:j] = lse * rowsum - torch.linalg.vecdot(a, s)
+            del s
+            # span term, all terms >= 0 (no cancellation): keys before the chunk at
+            # distance (i - s) + (t - i), keys inside it through the chunk's own triangle
+            own = a[..., i:j]
+            span = (own * tri_dist[:c, :c]).sum(-1)
+            if i:
+                span += torch.matmul(a[..., :i], torch.arange(i, 0, -1, device=dev, dtype=torch.float32))
+                span += (t - i).float() * (rowsum - own.sum(-1))
+            out["span_term"][..., i:j] = span
+            idx = t[:, None] - o[None, :]  # keys t - o, o < W
+            near = a.gather(-1, idx.clamp(min=0).expand(B, H, c, W))
+            out["waad"][..., i:j] = W * rowsum - torch.matmul(near.masked_fill(idx < 0, 0.0), weight)
+            r = tab.rows[i:j].float()
+            if r.any():
+                for h in spec.horizons:
+                    for x, y, m in tab.fai_pieces(i, j, h):
+                        if m is None:
+                            fai[h.name][..., x:y] += torch.matmul(r, a[..., x:y])
+                        else:
+                            fai[h.name][..., x:y] += (a[..., x:y] * m).sum(-2)
+            if G:  # [G, j] @ [B, H, j, c] -> key groups by row, then rows into their groups
+                by_row = torch.matmul(tab.onehot[:j].T, a.transpose(-1, -2))
+                mass += torch.matmul(by_row, tab.onehot[i:j])  # [B, H, G_key, G_query]
+            if dead is not None:
+                for n in out:
+                    out[n][..., i:j].masked_fill_(dead, torch.nan)
+            del a
+        rec = {n: v for n, v in out.items()}
+        for h in spec.horizons:
+            c = tab.count[h.name]
+            rec[f"fai_{h.name}"] = torch.where(c > 0, fai[h.name] / c.clamp(min=1), torch.nan)
+        mass = mass.transpose(-1, -2)  # [B, H, G_query, G_key]
+        rec["frame_mass"] = mass[:, :, :nf, :nf]
+        rec["span_mass"] = mass[:, :, nf:, nf:]
+        self._per_layer[layer] = rec
+
+    # -- reading
+    @property
+    def names(self) -> list[str]:
+        return ["span_term", "waad", "entropy"] + [f"fai_{h.name}" for h in self.spec.horizons] + [
+            "frame_mass", "span_mass"]
+
+    def fai_count(self, horizon: str) -> np.ndarray:
+        """|T(s)| [T] of a horizon."""
+        if self._tables is None:
+            raise RuntimeError("no forward has run inside attention_stats() yet")
+        return self._tables.count[horizon].cpu().numpy()
+
+    def numpy(self, batch: int | None = 0) -> dict[str, np.ndarray]:
+        """name -> array with a leading layer axis (in ``self.layers`` order):
+        per-position statistics [L, H, T], masses [L, H, G, G]; ``batch`` picks
+        one row of the batch (None keeps the batch axis first)."""
+        missing = [l for l in self.layers if l not in self._per_layer]
+        if missing:
+            raise RuntimeError(f"layers {missing} recorded nothing: did a forward run inside attention_stats()?")
+        res = {}
+        for n in self.names:
+            x = torch.stack([self._per_layer[l][n] for l in self.layers], 1)  # [B, L, ...]
+            res[n] = (x if batch is None else x[batch]).cpu().numpy()
+        return res
+
+
+def _unsupported(module) -> str | None:
+    cfg = getattr(module, "config", None)
+    if getattr(cfg, "attn_logit_softcapping", None):
+        return "attention logit soft-capping"
+    if getattr(module, "sinks", None) is not None:
+        return "attention sinks"
+    return None
+
+
+@contextmanager
+def attention_stats(lm, spec: StatsSpec, layers: Iterable[int] | None = None):
+    """Compute the statistics of ``spec`` for every forward inside the block,
+    in ``layers`` (default: all); the model's outputs are its own.
+
+        with attention_stats(lm, StatsSpec(rows=rows, horizons=("v1", "end"))) as st:
+            lm.model(**inputs)
+        arrays = st.numpy()   # {"waad": [L, H, T], "fai_end": [L, H, T], ...}
+    """
+    layers = tuple(range(lm.n_layers) if layers is None else sorted(set(layers)))
+    stats = AttentionStats(spec, layers)
+
+    def fn(layer, base, module, query, key, value, attention_mask, **kwargs):
+        why = _unsupported(module)
+        if why:
+            raise NotImplementedError(f"attention statistics: {type(module).__name__} uses {why}, which this "
+                                      f"softmax does not reproduce")
+        scaling = kwargs.get("scaling")
+        scaling = getattr(module, "scaling", query.shape[-1] ** -0.5) if scaling is None else scaling
+        with torch.no_grad():
+            stats._record(layer, module, query.detach(), key.detach(), attention_mask, scaling)
+        return base(module, query, key, value, attention_mask, **kwargs)
+
+    with attention_overrides(lm, {l: partial(fn, l) for l in layers}, native_mask=True):
+        yield stats
