@@ -1,5 +1,5 @@
 """The run engine (analyses/run.py), the same battery for every analysis on it
-(capture, lens, flow, tomato, t3):
+(capture, lens, flow, tomato, t3, rhythm):
 a mismatched output is refused and left unchanged; a run killed with SIGKILL
 at two moments resumes to exactly the arrays and attributes of an
 uninterrupted run; a killed --overwrite leaves the old file intact; an
@@ -20,6 +20,7 @@ import torch
 from analyses import capture as capture_mod
 from analyses import flow as flow_mod
 from analyses import lens as lens_mod
+from analyses import rhythm as rhythm_mod
 from analyses import t3 as t3_mod
 from analyses import tomato as tomato_mod
 from analyses.run import _Lock, beside, cli_boundary
@@ -42,6 +43,7 @@ ANALYSES = {
     "tomato": ("analyses.tomato", tomato_mod.main, ["--shuffle-seeds", "1", "--counts", "2", "--singles", "first,human",
                                                     "--bootstrap", "50", "--no-figures"], ["--shuffle-seeds", "2"]),
     "t3": ("analyses.t3", t3_mod.main, [], ["--seed", "1"]),
+    "rhythm": ("analyses.rhythm", rhythm_mod.main, ["--max-new-tokens", "3", "--draws", "20"], ["--window", "5"]),
 }
 N_UNITS = 6
 

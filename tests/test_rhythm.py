@@ -1,0 +1,100 @@
+"""analyses/rhythm.py end to end: the reasoner's and the organism's traces,
+the stored per-head arrays against eager attention maps of the same tokens,
+the rhythm stage recomputed from the stored arrays, and its request."""
+import numpy as np
+import torch
+
+from analyses import rhythm
+from analyses import rhythm_metrics as rm
+from analyses.run import cli_boundary
+from tracing.store import CacheReader
+from tracing.registry import load_model
+
+torch.set_num_threads(1)
+
+
+def eager_maps(lm, ids, extra=None):
+    with torch.no_grad():
+        out = lm.model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                       output_attentions=True, **(extra or {}))
+    return np.stack([a[0].double().numpy() for a in out.attentions])
+
+
+def test_reasoner_end_to_end(tmp_path, capsys):
+    out = tmp_path / "r.h5"
+    args = ["--model", "reasoner", "--tasks", "clock,relations", "--limit", "1", "--no-progress", "--draws", "50",
+            "--horizons", "end,v1", "--out", str(out)]
+    assert cli_boundary(rhythm.main)(args) == 0
+    text = capsys.readouterr().out
+    assert "FAI peak at or right after a WAAD peak (k=1)" in text and "AUROC" in text
+    r = CacheReader(out)
+    assert r.config["horizons"] == ["end", "v1"] and r.config["response"] == "generated"
+    lm = load_model("reasoner", attn="eager")
+    for i, arrays, _, meta in r.units():
+        rows = arrays["rows"].astype(bool)
+        maps = eager_maps(lm, arrays["tokens"].tolist())
+        T = len(rows)
+        t, s = np.arange(T)[:, None], np.arange(T)[None, :]
+        dist = np.where(s <= t, t - s, 0)
+        np.testing.assert_allclose(arrays["waad"], (maps * np.minimum(dist, 10)).sum(-1), rtol=1e-5, atol=1e-5)
+        fai = np.full(maps.shape[:2] + (T,), np.nan)
+        for key in range(T):
+            ts = [x for x in range(T) if rows[x] and x >= key + 10]
+            if ts:
+                fai[:, :, key] = maps[:, :, ts, key].mean(-1)
+        np.testing.assert_allclose(np.nan_to_num(arrays["fai_end"]), np.nan_to_num(fai), rtol=1e-5, atol=1e-5)
+        assert rows.sum() == T - int(np.argmax(rows)) > 0  # the response, to the end
+        if meta["has_deps"]:  # the greedy solution is the reference: every source lies before its reader
+            assert arrays["sources"].sum() > 0
+    # the stage: head spans from the stored arrays, groups as the metric functions make them
+    res = rhythm.summarize(out)
+    d = np.mean([rm.head_span(a["span_term"], a["rows"].astype(bool)) for _, a, _, _ in r.units()], 0)
+    np.testing.assert_allclose(res["d"], d)
+    loc, glob = rm.head_groups(d, 0.3, 0.3)
+    assert (res["local"] == loc).all() and (res["global"] == glob).all()
+    stored, attrs = r.result("rhythm/head_span")
+    np.testing.assert_allclose(stored, d)
+    # other thresholds: refused without --overwrite (the file kept), redone with it
+    assert cli_boundary(rhythm.main)(args + ["--local", "0.2"]) == 1
+    assert "another request" in capsys.readouterr().err
+    assert cli_boundary(rhythm.main)(args + ["--local", "0.2", "--overwrite"]) == 0
+    assert CacheReader(out).result("rhythm/request")[1]["local"] == 0.2
+
+
+def test_organism_end_to_end(tmp_path, capsys):
+    out = tmp_path / "o.h5"
+    args = ["--model", "organism", "--tasks", "direction", "--limit", "2", "--no-progress", "--draws", "20",
+            "--out", str(out), "--figures", str(tmp_path / "fig")]
+    assert cli_boundary(rhythm.main)(args) == 0
+    r = CacheReader(out)
+    assert r.config["rows"] == "after-video"
+    res = rhythm.summarize(out)
+    units = list(r.units())
+    frames = units[0][3]["frames"]
+    assert len(frames) == r.config["frames"]  # one span per frame on LLaVA-NeXT-Video
+    # per-frame FAI: the mean over units of the frame's summed FAI, averaged over a layer's heads
+    want = np.mean([np.stack([np.nan_to_num(a["fai_end"]).mean(1)[:, s:e].sum(-1) for s, e in m["frames"]], -1)
+                    for _, a, _, m in units], 0)
+    np.testing.assert_allclose(res["frame_fai"], want, rtol=1e-6)
+    # frame x frame mass of the first unit: against the eager maps of its tokens
+    lm = load_model("organism", attn="eager")
+    from tasks.datasets import load_dataset
+    from tracing.inputs import build_sample_inputs
+
+    sample = load_dataset("synthetic", tasks=["direction"], limit=2, n_frames=r.config["frames"], seed=0).samples[0]
+    inputs, _ = build_sample_inputs(lm, sample)
+    a = units[0][1]
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    maps = eager_maps(lm, a["tokens"].tolist(), extra)
+    mass = np.array([[maps[:, :, q0:q1, k0:k1].sum((-1, -2)) for k0, k1 in frames] for q0, q1 in frames])
+    np.testing.assert_allclose(a["frame_mass"], mass.transpose(2, 3, 0, 1), rtol=1e-5, atol=1e-5)
+    for name in ("token_strip", "head_span", "frame_fai", "frame_mass"):
+        assert (tmp_path / "fig" / f"{name}.png").stat().st_size > 0
+
+
+def test_bad_flags_are_usage_errors(tmp_path, capsys):
+    for bad, says in [(["--window", "0"], "--window 0"), (["--horizons", "v7"], "--horizons"),
+                      (["--model", "organism", "--dataset", "reasoning"], "text")]:
+        assert cli_boundary(rhythm.main)([*bad, "--out", str(tmp_path / "x.h5"), "--no-progress"]) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
