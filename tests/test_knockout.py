@@ -159,6 +159,43 @@ def test_whole_model_4d_mask_and_qwen_mrope_sweep():
         assert (got[i] - ref).abs().max() < TOL
 
 
+def test_fully_blocked_rows_exact_under_chunking():
+    """Issue 14: with "system,video->video" every video query has all its keys
+    cut; in the paper's [T, T] mask (finfo.min assigned) such a row is uniform
+    over all T keys, future ones included, whatever the chunk size."""
+    import dataclasses
+
+    lm = model("tiny-llava-next")
+    inputs, layout = prompt(lm)
+    T, L = layout.n_tokens, lm.n_layers
+    video = list(layout.video.range())
+    mask = hand_mask(T, [(list(layout.system.range()) + video, video)])
+    assert (mask[0, 0] == FMIN).all(1).sum() == len(video)  # the rows in question: nothing left to read
+    es = edges("system,video->video", layout)
+    cases = [[0, 1], [L - 1], [2, L - 1]]  # the last: a fully blocked row in the final layer too
+    refs = [reference_logits(lm, inputs, mask, ls, layout.last).softmax(-1) for ls in cases]
+    clean = KnockoutRunner(lm, inputs, layout).clean(range(refs[0].shape[0]))
+    assert (refs[0] - clean).abs().max() > 1e-3  # the knockout moves the answer
+    for chunk in (16, 23, None):
+        runner = KnockoutRunner(lm, inputs, layout, chunk=chunk, max_batch=2)
+        got = runner.logits([(es, ls) for ls in cases]).softmax(-1)
+        for i, ls in enumerate(cases):
+            assert (got[i] - refs[i]).abs().max() < 2e-6, (chunk, ls)
+        assert runner.last_stats["naive_conditions"] == 0 and runner.last_stats["kv_ahead"] > 0
+    # sdpa, and a prompt going on past the last position (then such a
+    # condition runs as one full forward: the later positions are not recomputed).
+    got = KnockoutRunner(model("tiny-llava-next", "sdpa"), inputs, layout, chunk=16).logits([(es, [0, 1])])
+    assert (got[0].softmax(-1) - refs[0]).abs().max() < 2e-6
+    short = dataclasses.replace(layout, last=T - 3)
+    runner = KnockoutRunner(lm, inputs, short, chunk=16)
+    got = runner.logits([(es, [0, 1]), (edges("video_question", layout), [0, 1])]).softmax(-1)
+    assert runner.last_stats["naive_conditions"] == 1
+    ref = reference_logits(lm, inputs, mask, [0, 1], T - 3).softmax(-1)
+    assert (got[0] - ref).abs().max() < 2e-6
+    ref = reference_logits(lm, inputs, hand_mask(T, hand_blocks(short, "video_question")), [0, 1], T - 3).softmax(-1)
+    assert (got[1] - ref).abs().max() < 2e-6
+
+
 # ---------------------------------------------------------------- mask semantics by hand
 def small_layout(grouped=False):
     """14 tokens: system 0-1, three frames 2-3 / 4-5 / 6-7 (or, grouped like

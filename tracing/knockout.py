@@ -242,16 +242,18 @@ class _SuffixCache:
     conditions: the clean run's keys/values of positions < q0 (shared, [1, H_kv,
     q0, hd]; None when q0 = 0) followed by the recomputed ones of positions
     q0.. (per condition), to which each ``update`` appends a chunk. With
-    ``capture`` set, ``update`` stores and stops the layer (``_Stop``)."""
+    ``capture`` set, ``update`` stores and stops the layer (``_Stop``); with
+    ``frozen`` set it stores nothing and returns all the keys/values it holds."""
 
     def __init__(self, keys: torch.Tensor | None, values: torch.Tensor | None, batch: int):
         self.pk, self.pv, self.b = keys, values, batch
         self.k = self.v = None
-        self.capture = False
+        self.capture = self.frozen = False
 
     def update(self, keys, values, layer_idx=None, *args, **kwargs):
-        self.k = keys if self.k is None else torch.cat([self.k, keys], 2)
-        self.v = values if self.v is None else torch.cat([self.v, values], 2)
+        if not self.frozen:  # frozen: every position's keys/values are in already (they equal the new ones)
+            self.k = keys if self.k is None else torch.cat([self.k, keys], 2)
+            self.v = values if self.v is None else torch.cat([self.v, values], 2)
         if self.capture:
             raise _Stop
         if self.pk is None:
@@ -276,11 +278,15 @@ class KnockoutRunner:
     - the final layer is needed at the last position only: for the other
       positions only its keys and values are computed (the layer is stopped
       right after its cache update);
-    - positions go through the layers in chunks of ``chunk`` queries, each
-      against the keys up to its own end (chunked prefill), so most of the
-      causally masked upper triangle of the scores is never computed; the
-      clean run itself is done this way (the model's forward is stopped at
-      layer 0, after the video encoder and the rotary embedding);
+    - positions go through the layers one layer at a time, in chunks of
+      ``chunk`` queries, each against the keys up to its own end (chunked
+      prefill), so most of the causally masked upper triangle of the scores
+      is never computed, and only one layer's recomputed keys/values are held
+      at a time; the clean run itself is done this way (the model's forward
+      is stopped at layer 0, after the video encoder and the rotary
+      embedding). In a layer where some query has every key cut (its row of
+      the paper's mask is uniform over all T keys), all positions' keys and
+      values are computed first and every chunk reads them all;
     - conditions with the same q0 share one batch; a condition joins at its
       first layer (its h_l taken from the clean run), so no layer below its
       window runs for it; rows with nothing blocked in a layer get the plain
@@ -375,12 +381,23 @@ class KnockoutRunner:
     def logits(self, conditions) -> torch.Tensor:
         """Last-position logits [n_conditions, V] under each knockout.
         ``last_stats`` then holds the token-layers recomputed, the minimum
-        the knockouts require (sum of (last + 1 - q0) x (L - l0)) and the
-        naive count (T x L per condition).
+        the knockouts require (sum of (last + 1 - q0) x (L - l0)), the naive
+        count (T x L per condition), the token-layers whose keys and values
+        were computed ahead for fully blocked rows (``kv_ahead``) and the
+        conditions run the naive way (``naive_conditions``, see below).
 
         A condition whose edges differ by layer (``LayeredKnockout``) is exact
         the same way: q0 is its first blocked query over all layers, l0 its
-        first layer that cuts anything; each layer gets its own mask."""
+        first layer that cuts anything; each layer gets its own mask.
+
+        Fully blocked rows (a query whose every key, itself included, is cut)
+        are exact too: as in the paper's [T, T] mask, such a row is uniform
+        over all T keys, future ones included, so in a layer where some row
+        of the batch is fully blocked the keys and values of every position
+        are computed first and every chunk reads all of them. Only if the
+        prompt goes on past the last position (``layout.last < T - 1``) does
+        such a condition run the paper's way (one full forward), since the
+        positions after the last one are not recomputed here."""
         conds = [Knockout.of(c) for c in conditions]
         L, end = self.lm.n_layers, self.end
         for c in conds:
@@ -388,13 +405,20 @@ class KnockoutRunner:
                 raise ValueError(f"condition {c.name!r}: layers {list(c.layers)} outside [0, {L})")
         out = self.clean_logits.expand(len(conds), -1).clone()
         plans = [_plan(c, end, L) for c in conds]
+        self._full = {}  # edge sets of one layer -> whether they block some row fully (for this call only)
         firsts, groups = {}, {}
+        stats = {"token_layers": 0, "minimum": 0, "naive": len(conds) * self.T * L, "kv_ahead": 0,
+                 "naive_conditions": 0}
         for i, plan in enumerate(plans):
             qs = [es.first_query(end) for sets in plan for es in sets]
-            if qs:  # otherwise the answer cannot change: the clean logits
-                firsts[i] = next(l for l in range(L) if plan[l])
-                groups.setdefault(min(qs), []).append(i)
-        stats = {"token_layers": 0, "minimum": 0, "naive": len(conds) * self.T * L}
+            if not qs:  # the answer cannot change: the clean logits
+                continue
+            if end < self.T and any(self._fully_blocked(sets) for sets in plan if sets):
+                out[i] = self._naive_logits(conds[i], reencode=False)
+                stats["naive_conditions"] += 1
+                continue
+            firsts[i] = next(l for l in range(L) if plan[l])
+            groups.setdefault(min(qs), []).append(i)
         for q0, idx in groups.items():
             idx.sort(key=lambda i: firsts[i])
             stats["minimum"] += sum((end - q0) * (L - firsts[i]) for i in idx)
@@ -403,13 +427,23 @@ class KnockoutRunner:
             for b in range(0, len(idx), size):
                 part = idx[b : b + size]
                 out[part] = self._layers(q0, [plans[i] for i in part], [firsts[i] for i in part], stats)
-        self.last_stats = stats
+        self.last_stats, self._full = stats, {}
         return out
+
+    def _fully_blocked(self, sets: tuple) -> bool:
+        """Whether the union of ``sets`` cuts every key of some query < last + 1."""
+        if sets not in self._full:
+            n = self.end
+            cut = union_blocked(sets, 0, n, n, device=self.hidden[0].device)
+            cut |= torch.ones(n, n, dtype=torch.bool, device=cut.device).triu_(1)
+            self._full[sets] = bool(cut.all(1).any())
+        return self._full[sets]
 
     def _layers(self, q0: int, plans: list[list[tuple]], firsts: list[int], stats: dict,
                 record: bool = False) -> torch.Tensor:
         """Positions q0..last through the layers from the first condition's
-        first layer on, each condition joining at its own first layer.
+        first layer on, one layer at a time (each in chunks of queries),
+        each condition joining at its own first layer.
         plans: per condition, per layer, the edge sets cut (``_plan``);
         firsts: each condition's first layer, sorted; every blocked query >= q0.
         record: keep every layer's input and keys/values (the clean run).
@@ -418,56 +452,84 @@ class KnockoutRunner:
         dev, fmin = self.hidden[0].device, torch.finfo(self.dtype).min
         first = firsts[0]
         rows = [sum(f <= l for f in firsts) for l in range(L)]  # batch rows at layer l
-        caches = [None] * first + [_SuffixCache(None if q0 == 0 else self.keys[l][:, :, :q0],
-                                                None if q0 == 0 else self.values[l][:, :, :q0], rows[l])
-                                   for l in range(first, L)]
-        inputs = [[] for _ in range(L)]
         step = self.chunk or end - q0
-        for a in range(q0, end, step):
-            b = min(a + step, end)
-            rope = tuple(x[..., a:b, :] for x in self.rope)
-            pos = None if self.position_ids is None else self.position_ids[..., a:b]
-            causal = causal_mask(a, b, b, self.dtype, dev)[None, None]  # [1, 1, b-a, b]: keys up to the chunk's end
-            blocked: dict = {}  # edge sets -> their union's bool [b-a, b] for this chunk, built when first needed
-            last_key, mask = None, causal
-            h = self.hidden[first][:, a:b].expand(rows[first], -1, -1)
-            for l in range(first, L):
-                if h.shape[0] < rows[l]:  # conditions whose window starts here join
-                    h = torch.cat([h, self.hidden[l][:, a:b].expand(rows[l] - h.shape[0], -1, -1)])
-                if record:
-                    inputs[l].append(h)
-                B = rows[l]
-                sets = tuple(plans[i][l] for i in range(B))
-                if not any(sets):  # nothing blocked in this layer: the plain causal mask, shared
-                    mask, last_key = causal, None
-                elif sets != last_key:  # consecutive layers with the same cuts share one mask
-                    for es in set(sets) - set(blocked):
-                        blocked[es] = union_blocked(es, a, b, b, device=dev)
-                    cut = torch.stack([blocked[es] for es in sets])[:, None]  # () -> nothing blocked
-                    mask, last_key = causal.expand(B, 1, -1, -1).masked_fill(cut, fmin), sets
-                kw = dict(position_embeddings=rope, position_ids=pos, past_key_values=caches[l], use_cache=True)
+        chunks = [(a, min(a + step, end)) for a in range(q0, end, step)]
+        causal: dict = {}  # (a, key end) -> [1, 1, b - a, key end]
+        kept_masks: dict = {}  # chunk start -> ((key end, edge sets), mask) of the previous layer, reused if equal
+        kept_cut: dict = {}  # (a, key end, edge sets) -> bool [b - a, key end] of the previous layer
+        inputs, keys, values = [], [], []
+        h = self.hidden[first][:, q0:end].expand(rows[first], -1, -1)
+        for l in range(first, L):
+            if h.shape[0] < rows[l]:  # conditions whose window starts here join
+                h = torch.cat([h, self.hidden[l][:, q0:end].expand(rows[l] - h.shape[0], -1, -1)])
+            B = rows[l]
+            sets = tuple(plans[i][l] for i in range(B))
+            cache = _SuffixCache(None if q0 == 0 else self.keys[l][:, :, :q0],
+                                 None if q0 == 0 else self.values[l][:, :, :q0], B)
+            kw = [self._chunk_kw(a, b, cache) for a, b in chunks]
+            # A fully blocked row is uniform over all keys, future ones included:
+            # then every position's keys and values first, and every chunk reads them all.
+            full = any(self._fully_blocked(s) for s in set(sets) if s)
+            if full:
+                cache.capture = True
+                for (a, b), k in zip(chunks, kw):
+                    try:
+                        _call(lm.layers[l], h[:, a - q0 : b - q0], None, k)
+                    except _Stop:
+                        pass
+                    stats["kv_ahead"] += B * (b - a)
+                cache.capture, cache.frozen = False, True
+            cut_now, masks_now, outs = {}, {}, []
+            for (a, b), k in zip(chunks, kw):
+                kend = end if full else b
+                if (a, kend) not in causal:
+                    causal[a, kend] = causal_mask(a, b, kend, self.dtype, dev)[None, None]
+                mask = causal[a, kend]
+                if any(sets):  # else nothing blocked in this layer: the plain causal mask, shared
+                    for es in set(sets):  # bool cuts of the previous layer are kept for this one
+                        ck = (a, kend, es)
+                        cut_now[ck] = kept_cut[ck] if ck in kept_cut else cut_now.get(ck)
+                    prev = kept_masks.get(a)
+                    if prev is None or prev[0] != (kend, sets):  # else the previous layer's cuts: its mask
+                        for es in set(sets):
+                            if cut_now[a, kend, es] is None:
+                                cut_now[a, kend, es] = union_blocked(es, a, b, kend, device=dev)
+                        cut = torch.stack([cut_now[a, kend, es] for es in sets])[:, None]  # () -> nothing blocked
+                        prev = ((kend, sets), mask.expand(B, 1, -1, -1).masked_fill(cut, fmin))
+                    masks_now[a], mask = prev, prev[1]
                 stats["token_layers"] += B * (b - a)
+                x = h[:, a - q0 : b - q0]
                 if l < L - 1:
-                    h = _call(lm.layers[l], h, mask, kw)
+                    outs.append(_call(lm.layers[l], x, mask, k))
                     continue
                 # The final layer: only the last position's output is used;
                 # the others need only their keys and values (for it to read).
                 n_kv = b - a - (1 if b == end else 0)
-                if n_kv:
-                    caches[l].capture = True
+                if n_kv and not full:
+                    cache.capture = True
                     try:
-                        _call(lm.layers[l], h[:, :n_kv], mask[..., :n_kv, :], _rows(kw, 0, n_kv))
+                        _call(lm.layers[l], x[:, :n_kv], mask[..., :n_kv, :], _rows(k, 0, n_kv))
                     except _Stop:
                         pass
-                    caches[l].capture = False
+                    cache.capture = False
                 if b == end:
-                    h = _call(lm.layers[l], h[:, n_kv:], mask[..., n_kv:, :], _rows(kw, n_kv, n_kv + 1))
+                    outs.append(_call(lm.layers[l], x[:, n_kv:], mask[..., n_kv:, :], _rows(k, n_kv, n_kv + 1)))
+            kept_masks, kept_cut = masks_now, cut_now
+            if record:
+                inputs.append(h)
+                keys.append(cache.k)
+                values.append(cache.v)
+            h = torch.cat(outs, 1)
         if record:
-            self.hidden = [torch.cat(x, 1) for x in inputs]
-            self.keys = [c.k for c in caches]
-            self.values = [c.v for c in caches]
+            self.hidden, self.keys, self.values = inputs, keys, values
         x = lm.module(lm.family.final_norm)(h[:, -1])
         return lm.module(lm.family.unembed)(x).float()
+
+    def _chunk_kw(self, a: int, b: int, cache) -> dict:
+        """A decoder layer's arguments for the queries a..b-1."""
+        pos = None if self.position_ids is None else self.position_ids[..., a:b]
+        return dict(position_embeddings=tuple(x[..., a:b, :] for x in self.rope), position_ids=pos,
+                    past_key_values=cache, use_cache=True)
 
     # -- the paper's method --------------------------------------------------
     @torch.no_grad()
@@ -476,36 +538,37 @@ class KnockoutRunner:
         the selected layers patched to use a knockout mask repeated per head
         ([1, H, T, T]; per layer for a ``LayeredKnockout``). reencode=False reuses the clean run's video features
         and runs only the language model. -> probabilities as ``run``."""
+        rows = [self._naive_logits(c, reencode) for c in map(Knockout.of, conditions)]
+        return self._probs(torch.stack(rows), self.layout.option_ids if token_ids is None else token_ids)
+
+    def _naive_logits(self, c, reencode: bool) -> torch.Tensor:
+        """One full forward under condition ``c`` -> last-position logits [V]."""
         lm, T = self.lm, self.T
         lang = lm.module(lm.family.layers.rsplit(".", 1)[0])
         H = lm.text_config.num_attention_heads
-        rows = []
-        for c in map(Knockout.of, conditions):
-            masks = {}  # edge sets -> [1, H, T, T], shared by the layers that cut the same ones
-            for l in c.layers:
-                sets = c.at(l)
-                if sets not in masks:
-                    m = causal_mask(0, T, T, self.dtype, self.hidden[0].device)
-                    m.masked_fill_(union_blocked(sets, 0, T, T, device=m.device), torch.finfo(self.dtype).min)
-                    masks[sets] = m[None, None].repeat(1, H, 1, 1)
+        masks = {}  # edge sets -> [1, H, T, T], shared by the layers that cut the same ones
+        for l in c.layers:
+            sets = c.at(l)
+            if sets not in masks:
+                m = causal_mask(0, T, T, self.dtype, self.hidden[0].device)
+                m.masked_fill_(union_blocked(sets, 0, T, T, device=m.device), torch.finfo(self.dtype).min)
+                masks[sets] = m[None, None].repeat(1, H, 1, 1)
 
-            def patch(mask, mod, args, kwargs):
-                kwargs["attention_mask"] = mask
-                return args, kwargs
+        def patch(mask, mod, args, kwargs):
+            kwargs["attention_mask"] = mask
+            return args, kwargs
 
-            hooks = [lm.layers[l].register_forward_pre_hook(partial(patch, masks[c.at(l)]), with_kwargs=True)
-                     for l in c.layers]
-            try:
-                if reencode:
-                    logits = lm.model(**self.inputs, use_cache=False).logits[0, self.layout.last]
-                else:  # the language model's output is already final-normed
-                    h = lang(**self._lang_kwargs, use_cache=False).last_hidden_state[0, self.layout.last]
-                    logits = lm.module(lm.family.unembed)(h)
-            finally:
-                for hk in hooks:
-                    hk.remove()
-            rows.append(logits.float())
-        return self._probs(torch.stack(rows), self.layout.option_ids if token_ids is None else token_ids)
+        hooks = [lm.layers[l].register_forward_pre_hook(partial(patch, masks[c.at(l)]), with_kwargs=True)
+                 for l in c.layers]
+        try:
+            if reencode:
+                return lm.model(**self.inputs, use_cache=False).logits[0, self.layout.last].float()
+            # the language model's output is already final-normed
+            h = lang(**self._lang_kwargs, use_cache=False).last_hidden_state[0, self.layout.last]
+            return lm.module(lm.family.unembed)(h).float()
+        finally:
+            for hk in hooks:
+                hk.remove()
 
 
 def _call(layer, h, mask, kw):
