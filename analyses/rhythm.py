@@ -30,7 +30,7 @@ import sys
 import numpy as np
 import torch
 
-from analyses import rhythm_metrics as rm
+from analyses.rhythm_summary import THRESHOLDS, stage_results, summarize, table
 from analyses.run import Declaration, SkipUnit, UsageError
 
 RESPONSES = ("generated", "reference")
@@ -99,6 +99,64 @@ def text_trace(lm, problem, response: str, max_new_tokens: int, sample: bool, se
     return inputs, layout, spans, {"sources": sources, "boundaries": boundaries}, meta
 
 
+def read_traces(path) -> list[dict]:
+    """A JSON-lines file of traces, one ``{"id", "prompt", "response"}`` object
+    a line (strings; ids unique) -> the list; a bad line is an error naming it."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UsageError(f"--traces {path}: {e.strerror or e}") from None
+    items, seen = [], set()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--traces {path}, line {n}: not JSON ({e.msg})") from None
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("id", "prompt", "response")):
+            raise UsageError(f"--traces {path}, line {n}: needs string fields id, prompt and response")
+        if item["id"] in seen:
+            raise UsageError(f"--traces {path}, line {n}: id {item['id']!r} repeats")
+        seen.add(item["id"])
+        items.append({k: item[k] for k in ("id", "prompt", "response")})
+    if not items:
+        raise UsageError(f"--traces {path}: no traces in the file")
+    return items
+
+
+def file_trace(lm, item: dict):
+    """A prompt and response read from a file: ``<s>`` (when the tokenizer has
+    one), the prompt, a newline, the response; nothing is generated."""
+    from tracing.layout import Span, TokenLayout
+
+    tok = lm.tokenizer
+    text = item["prompt"] + "\n" + item["response"]
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    head = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    ids = head + enc["input_ids"]
+    offsets = [(0, 0)] * len(head) + [tuple(o) for o in enc["offset_mapping"]]
+    T = len(ids)
+    start = next((t for t in range(len(head), T) if offsets[t][0] > len(item["prompt"])), T)
+    if start >= T:
+        raise SkipUnit(f"trace {item['id']!r}: empty response")
+    boundaries = np.zeros(T, np.int8)
+    for t in range(start, T):
+        if offsets[t][0] > 0 and text[offsets[t][0] - 1] == "\n":
+            boundaries[t] = 1
+    layout = TokenLayout(n_tokens=T, system=Span(0, len(head)), video=Span(len(head), len(head)), frames=[],
+                         frame_grid=(0, 0), question=Span(len(head), start), question_text=Span(len(head), start),
+                         options=[], trailing=Span(start, T), last=T - 1, option_ids=[], extra={"solution": [start, T]})
+    inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, T, dtype=torch.long)}
+    spans = {"start": (0, len(head)), "problem": (len(head), start), "response": (start, T)}
+    extra = {"sources": np.zeros(T, np.int8), "boundaries": boundaries}
+    return inputs, layout, spans, extra, {"response": item["response"], "has_deps": False}
+
+
 def video_trace(lm, sample, max_new_tokens: int, do_sample: bool, seed: int):
     """A video question and the model's answer -> (inputs, layout, spans, extra arrays, meta)."""
     from tracing.inputs import build_sample_inputs
@@ -115,6 +173,14 @@ def video_trace(lm, sample, max_new_tokens: int, do_sample: bool, seed: int):
              "question": (layout.question.start, layout.question.end), "trailing": (layout.trailing.start, P),
              "response": (P, T)}
     meta = {"response": lm.tokenizer.decode(new, skip_special_tokens=True), "prompt_tokens": P}
+    if sample.latents:  # rendered clips: the frames that decide the answer, as frame-group indices
+        from tasks.synthetic import informative_frames
+
+        inf = informative_frames(sample)
+        if inf is not None:
+            groups = sorted({(f.start, f.end) for f in layout.frames})
+            meta["informative"] = sorted({groups.index((layout.frames[f].start, layout.frames[f].end))
+                                          for f in inf if f < len(layout.frames)})
     return inputs, layout, spans, {}, meta
 
 
@@ -126,29 +192,42 @@ def next_token_entropy(logits: torch.Tensor) -> np.ndarray:
 
 # ---------------------------------------------------------------- the declaration
 def declare(lm, units, window: int = 10, horizons=("end",), rows: str | None = None, response: str = "generated",
-            max_new_tokens: int | None = None, sample: bool = False, seed: int = 0,
+            max_new_tokens: int | None = None, sample: bool = False, seed: int = 0, perturb: int | None = None,
             config: dict | None = None) -> Declaration:
     """The rhythm statistics of every unit (``tasks.reasoning.Problem``s for a
-    text model, video ``Sample``s for a video model) as an engine declaration."""
+    text model, video ``Sample``s for a video model) as an engine declaration.
+    perturb: high/low-FAI token pairs per trace for the perturbation test
+    (``analyses.rhythm_perturb``; default 1 for text, 0 for video)."""
     from tasks.reasoning import Problem, problem_id
     from tracing.attention_stats import StatsSpec, attention_stats
     from tracing.store import SampleMeta
     from tracing.traces import MAX_NEW_TOKENS, prompt_ids
 
-    text = bool(units) and isinstance(units[0], Problem)
+    from_file = bool(units) and isinstance(units[0], dict)
+    text = from_file or (bool(units) and isinstance(units[0], Problem))
     rows = rows or ("response" if text else "after-video")
     if rows not in ROWS:
         raise UsageError(f"--rows {rows!r}: choose from {', '.join(ROWS)}")
     if response not in RESPONSES:
         raise UsageError(f"--response {response!r}: choose from {', '.join(RESPONSES)}")
-    if not text and response == "reference":
+    if from_file:
+        response = "file"
+    elif not text and response == "reference":
         raise UsageError("--response reference: only word problems have a reference solution")
     max_new = max_new_tokens or (MAX_NEW_TOKENS if text else 8)
+    pairs = (1 if text else 0) if perturb is None else perturb
+    if pairs < 0:
+        raise UsageError(f"--perturb {pairs}: must be >= 0")
     spec0 = StatsSpec(window=window, horizons=horizons)  # validates the flags before any compute
     horizons = [h.name for h in spec0.horizons]
     L, H = lm.n_layers, lm.text_config.num_attention_heads
 
-    if text:
+    if from_file:
+        T_max = max(len(lm.tokenizer(u["prompt"] + "\n" + u["response"], add_special_tokens=False)["input_ids"])
+                    for u in units) + 1
+        metas = [SampleMeta(u["id"], "file", -1, -1, {"prompt": u["prompt"]}) for u in units]
+        n_frames, span_names = 0, ["start", "problem", "response"]
+    elif text:
         prompt_len = max(len(prompt_ids(lm.tokenizer, p)) for p in units)
         longest = max(len(lm.tokenizer(p.solution, add_special_tokens=False)["input_ids"]) for p in units)
         T_max = prompt_len + max(max_new, longest) + 1
@@ -181,10 +260,17 @@ def declare(lm, units, window: int = 10, horizons=("end",), rows: str | None = N
         shapes["frame_mass"] = ((L, H, n_frames, n_frames), "float32")
     if text:
         shapes.update({"sources": ((T_max,), "int8"), "boundaries": ((T_max,), "int8")})
+    if pairs:
+        from analyses.rhythm_perturb import COLUMNS
+
+        shapes["perturb"] = ((pairs, len(COLUMNS)), "float32")
 
     def compute(i):
         u = units[i]
-        if text:
+        if from_file:
+            inputs, layout, spans, extra, meta = file_trace(lm, u)
+            rowmask = np.arange(layout.n_tokens) >= spans["response"][0]
+        elif text:
             inputs, layout, spans, extra, meta = text_trace(lm, u, response, max_new, sample, seed + i)
             rowmask = np.arange(layout.n_tokens) >= spans["response"][0]
         else:
@@ -205,147 +291,22 @@ def declare(lm, units, window: int = 10, horizons=("end",), rows: str | None = N
             arrays.pop("frame_mass")
         arrays.update(tokens=inputs["input_ids"][0].numpy().astype(np.int32), rows=rowmask.astype(np.int8),
                       next_entropy=next_token_entropy(out.logits[0].cpu()), **extra)
+        if pairs:  # FAI of this trace's own global heads (top 30% of its head spans) picks the tokens
+            from analyses import rhythm_metrics as rm
+            from analyses.rhythm_perturb import perturb as perturb_trace
+
+            _, glob = rm.head_groups(rm.head_span(arrays["span_term"], rowmask))
+            fai_t = rm.group_mean(arrays[f"fai_{horizons[0]}"], glob)
+            arrays["perturb"] = perturb_trace(lm, arrays["tokens"], out.logits[0].cpu(), fai_t, rowmask, pairs)
         lay = layout.to_dict()
         lay["extra"] = {k: v for k, v in lay["extra"].items() if k != "offsets"}  # large, and rebuilt from tokens
         meta.update(spans={k: list(v) for k, v in spans.items()}, frames=[list(f) for f in frames])
         return arrays, lay, meta
 
     cfg = {"window": window, "horizons": horizons, "rows": rows, "response": response, "max_new_tokens": max_new,
-           "sample": sample, **(config or {})}
+           "sample": sample, "perturb": pairs, **(config or {})}
     return Declaration("rhythm", cfg, metas, compute, shapes=shapes, max_json_bytes=65536,
                        describe="WAAD / FAI statistics per trace")
-
-
-# ---------------------------------------------------------------- the rhythm, from the stored arrays
-THRESHOLDS = {"local": 0.3, "global_": 0.3, "preplan": 0.4, "anchor": 0.4, "layers": "all", "horizon": None,
-              "k": [1, 2, 3], "tau_waad": None, "tau_delta": None, "draws": 1000, "seed": 0}
-GAP = 4  # positions between pooled traces: no coupling window (k <= 3) reaches across
-
-
-def _units(path):
-    from tracing.store import CacheReader
-
-    r = CacheReader(path)
-    return r, list(r.units())
-
-
-def summarize(path, request: dict | None = None) -> dict:
-    """The rhythm of a complete ``analyses.rhythm`` file, from its stored arrays
-    only (no model). ``request``: THRESHOLDS overrides. -> dict with 'd' [L, H]
-    head spans, 'local' / 'global' masks, 'layers', per unit 'waad_t', 'fai_t',
-    'delta', 'preplan', 'anchor', 'rows', 'tokens'; pooled 'coupling' (by k),
-    'peak_follow' (by k), 'entropy_at_peaks'; text: 'auroc' per layer
-    (global heads vs random heads of that layer) and 'boundary'; video:
-    'frame_fai' [L, F] and 'frame_mass' {group: [L, F, F]}."""
-    q = {**THRESHOLDS, **(request or {})}
-    r, units = _units(path)
-    if not units:
-        raise ValueError(f"{path}: no complete unit to summarise")
-    cfg = r.config
-    horizon = q["horizon"] or cfg["horizons"][0]
-    if horizon not in cfg["horizons"]:
-        raise UsageError(f"--horizon {horizon!r}: this file holds {', '.join(cfg['horizons'])}")
-    L, H = units[0][1]["waad"].shape[:2]
-    layers = rm.select_layers(L, q["layers"])
-    d = np.mean([rm.head_span(a["span_term"], a["rows"].astype(bool)) for _, a, _, _ in units], 0)  # [L, H]
-    sub = np.zeros((L, H), bool)
-    sub[layers] = True
-    loc, glob = rm.head_groups(d[layers], q["local"], q["global_"])
-    local = np.zeros((L, H), bool)
-    glob_ = np.zeros((L, H), bool)
-    local[layers], glob_[layers] = loc, glob
-    out = {"d": d, "local": local, "global": glob_, "layers": layers, "horizon": horizon, "request": q,
-           "units": [], "ids": r.samples["id"][[i for i, *_ in units]].tolist()}
-    pooled = {k: [] for k in ("waad_t", "delta", "fai_t", "rows", "entropy", "sources", "cands", "bounds")}
-    text = "sources" in units[0][1]
-    rng = np.random.default_rng(q["seed"])
-    auroc_obs, auroc_rand = {l: [] for l in range(L)}, {l: [] for l in range(L)}
-    for i, a, lay, meta in units:
-        rows = a["rows"].astype(bool)
-        fai = a[f"fai_{horizon}"]
-        waad_t = rm.group_mean(a["waad"], local)
-        fai_t = rm.group_mean(fai, glob_)
-        delta = rm.waad_delta(waad_t, rows)
-        preplan = rm.top_fraction(delta, q["preplan"], within=rows)
-        anchor = rm.top_fraction(fai_t, q["anchor"], within=rows)
-        out["units"].append({"i": i, "tokens": a["tokens"], "rows": rows, "waad_t": waad_t, "fai_t": fai_t,
-                             "delta": delta, "preplan": preplan, "anchor": anchor, "meta": meta})
-        T, gap = len(rows), np.zeros(GAP, bool)
-        pooled["waad_t"] += [waad_t, np.full(GAP, np.nan)]
-        pooled["delta"] += [delta, np.full(GAP, np.nan)]
-        pooled["fai_t"] += [fai_t, np.full(GAP, np.nan)]
-        pooled["rows"] += [rows, gap]
-        pooled["entropy"] += [a["next_entropy"], np.full(GAP, np.nan)]
-        if text:
-            cands = (np.arange(T) >= 1) & ~np.isnan(fai[0, 0])  # every token but <s> that later rows can read
-            has = bool(meta.get("has_deps"))
-            pooled["sources"] += [a["sources"].astype(bool) & has, gap]
-            pooled["cands"] += [cands & has, gap]
-            pooled["bounds"] += [a["boundaries"].astype(bool), gap]
-            if has:
-                for l in range(L):  # FAI of layer l's global heads against as many random heads of it
-                    g = glob_[l]
-                    if g.any():
-                        auroc_obs[l].append((fai[l][g].mean(0), a["sources"].astype(bool), cands))
-                        pick = rng.choice(H, g.sum(), replace=False)
-                        auroc_rand[l].append((fai[l][pick].mean(0), a["sources"].astype(bool), cands))
-    P = {k: np.concatenate(v) if v else None for k, v in pooled.items()}
-    c = rm.coupling(P["waad_t"], P["delta"], P["fai_t"], P["rows"], k=tuple(q["k"]), tau_waad=q["tau_waad"],
-                    tau_delta=q["tau_delta"], frac=q["anchor"], n_draws=q["draws"], seed=q["seed"])
-    out["coupling"] = c
-    out["peak_follow"] = rm.peak_follow_rate(P["delta"], P["fai_t"], P["rows"], k=tuple(q["k"]), frac=q["anchor"],
-                                             n_draws=q["draws"], seed=q["seed"])
-    pre = rm.top_fraction(P["delta"], q["preplan"], within=P["rows"])
-    out["entropy_at_peaks"] = rm.entropy_at_peaks(P["entropy"], pre, P["rows"])
-    if text:
-        def pooled_auroc(parts):
-            if not parts:
-                return float("nan")
-            f, s, cnd = (np.concatenate(x) for x in zip(*parts))
-            return rm.dependency_auroc(f, s, cnd)
-
-        out["auroc"] = {l: (pooled_auroc(auroc_obs[l]), pooled_auroc(auroc_rand[l])) for l in range(L)}
-        out["auroc_all"] = rm.dependency_auroc(P["fai_t"], P["sources"], P["cands"])
-        out["boundary"] = rm.boundary_rate(pre, P["bounds"], P["rows"])
-    elif "frame_mass" in units[0][1]:
-        frames = [m["frames"] for _, _, _, m in units]
-        ff = []
-        for (_, a, _, m), fr in zip(units, frames):
-            f = np.nan_to_num(a[f"fai_{horizon}"]).mean(1)  # [L, T]: all heads of a layer
-            ff.append(np.stack([f[:, s:e].sum(-1) for s, e in fr], -1))  # [L, F]
-        out["frame_fai"] = np.mean(ff, 0)
-        masses = np.mean([a["frame_mass"] for _, a, _, _ in units], 0)  # [L, H, F, F]
-        out["frame_mass"] = {"local heads": np.stack([masses[l][local[l]].mean(0) if local[l].any() else
-                                                      np.full(masses.shape[2:], np.nan) for l in range(L)]),
-                             "global heads": np.stack([masses[l][glob_[l]].mean(0) if glob_[l].any() else
-                                                       np.full(masses.shape[2:], np.nan) for l in range(L)]),
-                             "all heads": masses.mean(1)}
-    return out
-
-
-def table(res: dict) -> str:
-    """The pooled statistics as text, next to the paper's numbers."""
-    lines = [f"heads: {int(res['local'].sum())} local, {int(res['global'].sum())} global "
-             f"(layers {', '.join(map(str, res['layers']))}); FAI horizon {res['horizon']}; "
-             f"{len(res['units'])} traces"]
-    for k, rate in res["coupling"].by_k.items():
-        lines.append(f"anchor locally dominated (k={k}): {100 * rate.observed:.1f}% vs random "
-                     f"{100 * rate.baseline:.1f}%  (p = {rate.p_value:.3f})")
-    for k, rate in res["peak_follow"].items():
-        lines.append(f"FAI peak at or right after a WAAD peak (k={k}): {100 * rate.observed:.1f}% vs random "
-                     f"{100 * rate.baseline:.1f}%   [paper, Qwen3-4B-Base on GSM8K: 52.53% vs 36.87%]")
-    e = res["entropy_at_peaks"]
-    lines.append(f"next-token entropy at preplan tokens: {e.observed:.4f} vs elsewhere {e.baseline:.4f}   "
-                 f"[paper: 0.3608 vs 0.2386]")
-    if "auroc" in res:
-        lines.append(f"FAI (global heads) ranking the tokens later steps read: AUROC {res['auroc_all']:.3f}")
-        for l, (o, rnd) in res["auroc"].items():
-            if not np.isnan(o):
-                lines.append(f"  layer {l}: global heads {o:.3f}, random heads {rnd:.3f}")
-        b = res["boundary"]
-        lines.append(f"preplan tokens on a step's first token: {100 * b.observed:.1f}% vs all response tokens "
-                     f"{100 * b.baseline:.1f}%")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the CLI
@@ -359,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--response", default="generated", choices=RESPONSES,
                     help="what the model reads after the prompt: its own generated response, or (word problems) "
                          "the reference solution, teacher-forced")
+    ap.add_argument("--traces", default=None, metavar="FILE.jsonl",
+                    help="read prompts and responses from a JSON-lines file ({\"id\", \"prompt\", \"response\"} "
+                         "a line) instead of a dataset: text models; nothing is generated")
     ap.add_argument("--sample", action="store_true",
                     help="sample the response (temperature 1, seeded by --seed and the unit) instead of greedy")
     ap.add_argument("--max-new-tokens", type=int, default=None,
@@ -366,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rows", default=None, choices=ROWS,
                     help="the rows R that FAI averages over: the response, or everything after the video "
                          "(default: response for text, after-video for video models)")
+    ap.add_argument("--perturb", type=int, default=None,
+                    help="perturbation test: pairs of high- and low-FAI tokens per trace replaced by the model's "
+                         "runner-up token, the rest regenerated (default: 1 for text models, 0 for video)")
     ap.add_argument("--window", type=int, default=10, help="WAAD's window W in tokens")
     ap.add_argument("--horizons", default="end",
                     help="FAI horizons to store, comma-separated: v1 = [10, 50], v2 = [10, 100], end = [10, end]")
@@ -401,10 +368,14 @@ def prepare(argv):
         raise UsageError(f"--horizons {a.horizons!r}: choose from {', '.join(HORIZONS)}")
     resolve(a.model)
     text_model = a.model == "reasoner" or a.model.startswith("tiny-llama")
-    if a.dataset is None:
+    if a.traces:
+        a.dataset = "file"
+    elif a.dataset is None:
         a.dataset = "reasoning" if text_model else "synthetic"
     out = preflight("rhythm", a)
-    if a.dataset == "reasoning":
+    if a.traces:
+        units = read_traces(a.traces)
+    elif a.dataset == "reasoning":
         from tasks.reasoning import problem_set
 
         if a.limit is None:
@@ -417,13 +388,14 @@ def prepare(argv):
         units = load_data(a).samples
     lm = load_from_args(a)
     is_text = lm.family.frame_tokens is None
-    if is_text != (a.dataset == "reasoning"):
+    if is_text != (a.dataset in ("reasoning", "file")):
         raise UsageError(f"--model {a.model} is a {'text' if is_text else 'video'} model and --dataset {a.dataset} "
-                         f"is {'text' if a.dataset == 'reasoning' else 'video'}")
-    keep = ("response", "sample", "max_new_tokens", "rows", "window", "horizons", "local", "global_", "preplan",
+                         f"is {'video' if a.dataset not in ('reasoning', 'file') else 'text'}")
+    keep = ("response", "sample", "max_new_tokens", "perturb", "rows", "window", "horizons", "local", "global_", "preplan",
             "anchor", "head_layers", "horizon", "draws")
     config = {k: v for k, v in run_config(a).items() if k not in keep}
-    decl = declare(lm, units, a.window, horizons, a.rows, a.response, a.max_new_tokens, a.sample, a.seed, config)
+    decl = declare(lm, units, a.window, horizons, a.rows, a.response, a.max_new_tokens, a.sample, a.seed,
+                   a.perturb, config)
     return Prepared(lm, decl, a.dataset, a, out)
 
 
@@ -447,25 +419,6 @@ def main(argv=None) -> dict:
     print(table(res))
     print(f"wrote {p.out}, {', '.join(map(str, paths))}", file=sys.stderr)
     return res
-
-
-def stage_results(res: dict) -> dict:
-    """What the later stage stores: the head spans and groups, the pooled rates."""
-    out = {"head_span": (res["d"], {"layers": list(map(int, res["layers"]))}),
-           "local_heads": (res["local"].astype(np.int8), {}), "global_heads": (res["global"].astype(np.int8), {})}
-    ks = sorted(res["coupling"].by_k)
-    out["coupling"] = (np.array([[res["coupling"].by_k[k].observed, res["coupling"].by_k[k].baseline] for k in ks]),
-                       {"k": ks, "columns": ["observed", "random baseline"]})
-    out["peak_follow"] = (np.array([[res["peak_follow"][k].observed, res["peak_follow"][k].baseline] for k in ks]),
-                          {"k": ks, "columns": ["observed", "random baseline"]})
-    e = res["entropy_at_peaks"]
-    out["entropy_at_peaks"] = (np.array([e.observed, e.baseline]), {"columns": ["preplan tokens", "elsewhere"]})
-    if "auroc" in res:
-        out["auroc"] = (np.array([res["auroc"][l] for l in sorted(res["auroc"])]),
-                        {"columns": ["global heads", "random heads"], "pooled": res["auroc_all"]})
-    if "frame_fai" in res:
-        out["frame_fai"] = (res["frame_fai"], {"axes": ["layer", "frame"]})
-    return out
 
 
 def save_figures(res: dict, folder, tokenizer) -> list:

@@ -505,6 +505,28 @@ def make_dataset(tasks: list[str] | None, n_per_task: int, seed: int = 0, n_fram
     return out
 
 
+# Which frames carry the answer, from the renderer's latents (the ground truth
+# that per-frame attention statistics are checked against).
+INFORMATIVE_TASKS = ("when", "count", "direction")
+
+
+def informative_frames(sample: Sample) -> list[int] | None:
+    """Frame indices that decide the answer of a rendered clip, or None for a
+    task without such frames: "when", the frames of the target's segment;
+    "count", the frames where the flashing object is shown; "direction", the
+    first and the last frame (the start and end positions)."""
+    objects = sample.latents.get("objects")
+    if sample.task not in INFORMATIVE_TASKS or objects is None:
+        return None
+    T = len(objects)
+    if sample.task == "direction":
+        return [0, T - 1]
+    if sample.task == "count":
+        return [t for t, objs in enumerate(objects) if objs]
+    a, b = _thirds(T)[_SEGMENTS.index(sample.latents["segment"])]
+    return list(range(a, b))
+
+
 def caption_prompt(sample: Sample) -> str:
     """The video as text: "Frame 1: <caption> Frame 2: <caption> ..."."""
     if sample.captions is None:

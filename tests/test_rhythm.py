@@ -1,10 +1,14 @@
 """analyses/rhythm.py end to end: the reasoner's and the organism's traces,
 the stored per-head arrays against eager attention maps of the same tokens,
 the rhythm stage recomputed from the stored arrays, and its request."""
+import json
+
 import numpy as np
+import pytest
 import torch
 
 from analyses import rhythm
+from analyses import rhythm_summary
 from analyses import rhythm_metrics as rm
 from analyses.run import cli_boundary
 from tracing.store import CacheReader
@@ -47,7 +51,7 @@ def test_reasoner_end_to_end(tmp_path, capsys):
         if meta["has_deps"]:  # the greedy solution is the reference: every source lies before its reader
             assert arrays["sources"].sum() > 0
     # the stage: head spans from the stored arrays, groups as the metric functions make them
-    res = rhythm.summarize(out)
+    res = rhythm_summary.summarize(out)
     d = np.mean([rm.head_span(a["span_term"], a["rows"].astype(bool)) for _, a, _, _ in r.units()], 0)
     np.testing.assert_allclose(res["d"], d)
     loc, glob = rm.head_groups(d, 0.3, 0.3)
@@ -68,7 +72,7 @@ def test_organism_end_to_end(tmp_path, capsys):
     assert cli_boundary(rhythm.main)(args) == 0
     r = CacheReader(out)
     assert r.config["rows"] == "after-video"
-    res = rhythm.summarize(out)
+    res = rhythm_summary.summarize(out)
     units = list(r.units())
     frames = units[0][3]["frames"]
     assert len(frames) == r.config["frames"]  # one span per frame on LLaVA-NeXT-Video
@@ -98,3 +102,93 @@ def test_bad_flags_are_usage_errors(tmp_path, capsys):
         assert cli_boundary(rhythm.main)([*bad, "--out", str(tmp_path / "x.h5"), "--no-progress"]) == 2
         assert says in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_perturbation_by_hand():
+    """The positions, the runner-up tokens and the rollout changes, against a
+    greedy loop of plain forwards written here."""
+    from analyses.rhythm_perturb import perturb
+    from tasks.reasoning import problem_set
+    from tracing.traces import trace_inputs
+
+    lm = load_model("reasoner")
+    inputs, layout = trace_inputs(lm.tokenizer, problem_set(["clock"], 1, seed=2000)[0])
+    toks = inputs["input_ids"][0].numpy()
+    T = len(toks)
+    rows = np.arange(T) >= layout.extra["solution"][0]
+    fai = np.random.default_rng(0).random(T)
+    fai[-3:] = np.nan
+    with torch.no_grad():
+        logits = lm.model(**inputs).logits[0]
+    got = perturb(lm, toks, logits, fai, rows, pairs=1, min_tail=5)[0]
+    ok = [t for t in range(T) if rows[t] and not np.isnan(fai[t]) and t <= T - 6]
+    for col, p in enumerate((max(ok, key=lambda t: fai[t]), min(ok, key=lambda t: fai[t]))):
+        ranked = torch.argsort(logits[p - 1], descending=True).tolist()
+        alt = ranked[1] if ranked[0] == toks[p] else ranked[0]
+        ids, new = [int(x) for x in toks[:p]] + [alt], []
+        with torch.no_grad():
+            for _ in range(T - 1 - p):
+                nxt = int(lm.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+                if nxt == lm.tokenizer.eos_token_id:
+                    break
+                ids.append(nxt)
+                new.append(nxt)
+        tail = toks[p + 1:]
+        want = np.mean([i >= len(new) or new[i] != t for i, t in enumerate(tail)])
+        assert got[col] == p and got[4 + col] == alt
+        assert got[2 + col] == pytest.approx(want)
+
+
+def test_traces_file(tmp_path, capsys):
+    lm = load_model("reasoner")
+    lines = ['{"id": "a", "prompt": "Ana left at 6:50. The bus took 10 minutes. When did Ana arrive?", '
+             '"response": "6:50 + 0:10 = 7:00\\nAnswer: 7:00"}', "",
+             '{"id": "b", "prompt": "Tom left at 9:05. The walk took 25 minutes. When did Tom arrive?", '
+             '"response": "9:05 + 0:25 = 9:30\\nAnswer: 9:30"}']
+    f = tmp_path / "t.jsonl"
+    f.write_text("\n".join(lines))
+    out = tmp_path / "f.h5"
+    base = ["--traces", str(f), "--out", str(out), "--no-progress", "--draws", "10", "--perturb", "0"]
+    assert cli_boundary(rhythm.main)(base) == 0
+    r = CacheReader(out)
+    assert r.samples["id"].tolist() == ["a", "b"] and r.config["response"] == "file"
+    tok = lm.tokenizer
+    for (i, a, _, _), item in zip(r.units(), [json.loads(lines[0]), json.loads(lines[2])]):
+        prompt = [tok.bos_token_id] + tok(item["prompt"] + "\n", add_special_tokens=False)["input_ids"]
+        whole = [tok.bos_token_id] + tok(item["prompt"] + "\n" + item["response"], add_special_tokens=False)["input_ids"]
+        assert a["tokens"].tolist() == whole
+        assert int(np.argmax(a["rows"])) == len(prompt)  # the rows start with the response
+        assert a["boundaries"].sum() == 2  # the first token of each of the two response lines
+    f.write_text(lines[0] + "\n{not json\n")
+    assert cli_boundary(rhythm.main)(base + ["--out", str(tmp_path / "g.h5")]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+
+def test_informative_frames_from_the_objects():
+    from tasks.synthetic import informative_frames, render
+
+    for seed in range(5):
+        s = render("when", seed)
+        target = [t for t, objs in enumerate(s.latents["objects"]) if any(o["color"] == s.latents["color"]
+                                                                         for o in objs)]
+        assert informative_frames(s) == target
+        s = render("count", seed)
+        assert informative_frames(s) == [t for t, objs in enumerate(s.latents["objects"]) if objs]
+        s = render("direction", seed, n_frames=6)
+        assert informative_frames(s) == [0, 5]
+        assert informative_frames(render("static_color", seed)) is None
+
+
+def test_informative_frames_check_by_hand():
+    from analyses.rhythm_summary import informative_frames_check
+
+    per = [np.array([4.0, 1, 1, 2]), np.array([1.0, 1, 1, 1]), np.array([1.0, 3, 0, 0])]
+    got = informative_frames_check(per, ["count", "static_color", "count"], [[0, 1], None, [2]])
+    c = got["count"]
+    assert c["n"] == 2
+    assert c["share"] == pytest.approx((5 / 8 + 0 / 4) / 2)
+    assert c["uniform"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert c["control_share"] == pytest.approx((2 / 4 + 1 / 4) / 2)  # the static clip is flat
+    assert c["peak"] == pytest.approx(0.5)  # argmax 0 in [0, 1]; argmax 1 not in [2]
+    assert c["control_peak"] == pytest.approx(0.5)  # flat: argmax 0, in [0, 1], not in [2]
+    assert "static_color" not in got
