@@ -192,3 +192,20 @@ def test_informative_frames_check_by_hand():
     assert c["peak"] == pytest.approx(0.5)  # argmax 0 in [0, 1]; argmax 1 not in [2]
     assert c["control_peak"] == pytest.approx(0.5)  # flat: argmax 0, in [0, 1], not in [2]
     assert "static_color" not in got
+
+
+from _notebooks import run_notebook  # noqa: E402
+
+
+@pytest.mark.parametrize("model, extra, images", [("reasoner", ["--tasks", "clock", "--limit", "2"], 3),
+                                                   ("organism", ["--tasks", "count,static_color", "--limit", "1",
+                                                                 "--perturb", "0"], 5)])
+def test_notebook_redraws_from_the_file(model, extra, images, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "n.h5"
+    assert cli_boundary(rhythm.main)(["--model", model, *extra, "--no-progress", "--draws", "20",
+                                      "--out", str(out)]) == 0
+    outputs, n_images, text = run_notebook("rhythm.ipynb", {"CHRONOLENS_RHYTHM_H5": out}, tmp_path, monkeypatch)
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert n_images == images
+    want = rhythm_summary.table(rhythm_summary.summarize(out, {"draws": 200}))
+    assert want in text and str(out) in text
