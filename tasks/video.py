@@ -10,7 +10,8 @@ naming the file.
                                    than the last of them
     sampled_fps(path, n)           frames kept per second of video (Qwen2.5-VL's time positions)
     duration(path)                 seconds of video the container declares
-    count_frames(path)             how many frames decode
+    count_frames(path)             how many frames decode (complete=True: and that none is missing)
+    check_decoded(path, d, n)      the shared check: VideoError when fewer decode than declared
 """
 from __future__ import annotations
 
@@ -85,10 +86,26 @@ def _header(path: Path) -> tuple[int, float]:
         raise VideoError(path, f"cannot be opened as a video ({type(e).__name__}: {e})") from e
 
 
-def count_frames(path: str | os.PathLike) -> int:
-    """The number of frames that actually decode (the container's own count is not trusted)."""
+def check_decoded(path: str | os.PathLike, declared: int, decoded: int) -> None:
+    """The decode check every reader of a whole video makes (``load_frames``,
+    ``count_frames(complete=True)``, hence flow, capture, the benchmark loaders
+    and TOMATO's frame conditions): VideoError when no frame decodes, or when
+    the container declares more frames than decode (a truncated or corrupt
+    file). ``declared`` 0 (unknown) or below ``decoded`` is fine."""
+    if decoded == 0:
+        raise VideoError(path, "contains no decodable frames")
+    if declared > 0 and decoded < declared:
+        raise VideoError(path, f"is truncated or corrupt: the container declares {declared} frames "
+                               f"but only {decoded} decode")
+
+
+def count_frames(path: str | os.PathLike, complete: bool = False) -> int:
+    """The number of frames that actually decode (the container's own count is not trusted).
+    complete: also apply ``check_decoded`` (VideoError for a truncated file or one without frames)."""
     p = _check_file(path)
     n, _ = _decode(p, keep=set(), size=None)
+    if complete:
+        check_decoded(p, _header(p)[0], n)
     return n
 
 
@@ -136,11 +153,7 @@ def load_frames(path: str | os.PathLike, n_frames: int | None = None, size: int 
             idx = _indices(p, total, n_frames, bound, fps)
             _, kept = _decode(p, set(idx.tolist()), size)
         total = min(total, decoded)
-    if total == 0:
-        raise VideoError(p, "contains no decodable frames")
-    if declared > 0 and total < declared:
-        raise VideoError(p, f"is truncated or corrupt: the container declares {declared} frames "
-                            f"but only {total} decode")
+    check_decoded(p, declared, total)
     if n_frames is not None and strict and len(set(idx.tolist())) < n_frames:
         raise VideoError(p, f"has {len(set(idx.tolist()))} frames in range, fewer than the {n_frames} "
                             f"requested (strict)")
@@ -192,9 +205,7 @@ def load_frames_at(path: str | os.PathLike, indices, size: int | None = None) ->
     if decoded == 0:
         raise VideoError(p, "contains no decodable frames")
     if decoded <= last:
-        if declared > decoded:
-            raise VideoError(p, f"is truncated or corrupt: the container declares {declared} frames "
-                                f"but only {decoded} decode")
+        check_decoded(p, declared, decoded)  # decoding stopped early only if frames are missing
         raise VideoError(p, f"frame index {last} is out of range: the video has {decoded} frames")
     return np.stack([kept[int(i)] for i in idx]).astype(np.uint8, copy=False)
 
