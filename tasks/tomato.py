@@ -20,6 +20,7 @@ from tasks.types import Sample
 from tasks.video import VideoError, load_frames, sampled_fps
 
 REASONING_TYPES = ["count", "direction", "rotation", "shape&trend", "velocity&frequency", "visual_cues"]
+DEMONSTRATION_TYPES = ("human", "object", "simulated")  # also the folders of videos/
 # A human-picked most informative frame, if a copy of the data carries one (for the rho metric).
 _HUMAN_FRAME_FIELDS = ("human_frame", "frame", "human_frame_index", "frame_index")
 
@@ -54,6 +55,13 @@ def _entry(rtype: str, item_id: str, e: Any, path: Path, root: Path) -> Sample:
     if not isinstance(e["question"], str):
         raise AnnotationError(p, item_id, f"'question' must be a string, got {e['question']!r}")
     options = check_options(e["options"], p, item_id)
+    seen: dict[str, int] = {}
+    for i, o in enumerate(options):
+        k = " ".join(o.split()).lower()
+        if k in seen:
+            raise AnnotationError(p, item_id, f"'options' {seen[k]} and {i} are the same option ({o!r}): "
+                                              f"an answer between them could not be told apart")
+        seen[k] = i
     answer = e["answer"]
     if isinstance(answer, bool) or not isinstance(answer, int):
         raise AnnotationError(p, item_id, f"'answer' must be an integer index, got {answer!r}")
@@ -62,6 +70,13 @@ def _entry(rtype: str, item_id: str, e: Any, path: Path, root: Path) -> Sample:
     for k in ("key", "demonstration_type"):
         if not isinstance(e[k], str) or not e[k]:
             raise AnnotationError(p, item_id, f"{k!r} must be a non-empty string, got {e[k]!r}")
+    if e["demonstration_type"] not in DEMONSTRATION_TYPES:
+        raise AnnotationError(p, item_id, f"'demonstration_type' {e['demonstration_type']!r} is not one of "
+                                          f"{list(DEMONSTRATION_TYPES)} (it names the folder of the video)")
+    key = e["key"]
+    if key in (".", "..") or "/" in key or "\\" in key or "\0" in key:
+        raise AnnotationError(p, item_id, f"'key' {key!r} must be a file name (no path separators, not . or ..): "
+                                          f"the video is videos/<demonstration_type>/<key>.mp4 in the data folder")
     meta = {
         "benchmark": "tomato",
         "reasoning_type": rtype,
@@ -91,12 +106,17 @@ def load_tomato(data_dir: str | Path, reasoning_types: list[str] | None = None, 
                 limit: int | None = None) -> LoadResult:
     """Read TOMATO questions (and their frames) from a local copy.
 
-    reasoning_types: file stems to read (default: every one present, in REASONING_TYPES order).
+    reasoning_types: file stems to read (default: all six, in REASONING_TYPES order; a
+             missing one is a problem like any other: reported, or raised without skip_bad).
+             Named twice: read once.
     decode:  True fills Sample.frames (uint8 [n_frames, H, W, 3], resized to size x size when
              size is given); False leaves frames None with video_path set, for lazy decoding.
     skip_bad: True records a malformed file / entry or an unreadable video in
              LoadResult.problems and goes on; False raises (AnnotationError / VideoError,
-             each naming the file and the item).
+             each naming the file and the item). Malformed: a missing or mistyped
+             field, an answer out of range, two options the same (ignoring case and
+             spacing), a demonstration_type outside DEMONSTRATION_TYPES, or a key that
+             is not a plain file name (a video path must stay under videos/).
     limit:   stop after this many samples.
     """
     root = Path(data_dir)
@@ -104,12 +124,12 @@ def load_tomato(data_dir: str | Path, reasoning_types: list[str] | None = None, 
         raise FileNotFoundError(f"TOMATO folder {root} does not exist")
     ann = _annotation_dir(root)
     if reasoning_types is None:
-        types = [t for t in REASONING_TYPES if (ann / f"{t}.json").is_file()]
+        types = list(REASONING_TYPES)
     else:
         unknown = [t for t in reasoning_types if t not in REASONING_TYPES]
         if unknown:
             raise ValueError(f"unknown TOMATO reasoning type(s) {unknown}; valid: {REASONING_TYPES}")
-        types = list(reasoning_types)
+        types = list(dict.fromkeys(reasoning_types))
     samples: list[Sample] = []
     problems: list[tuple[str, str, str]] = []
     for rtype in types:

@@ -87,14 +87,20 @@ def test_built_tomato_loads_frames_and_reports_bad_videos(tmp_path, in_data):
     assert d1.meta["human_frame"] == 3 and "human_frame" not in d0.meta
     assert d1.meta["demonstration_type"] == "object" and d1.meta["key"] == "k1"
     assert d1.meta["variation"]["composite"] == 1 and d1.meta["motion_type"] == "direction"
-    problems = {pid: (path, reason) for pid, path, reason in res.problems}
+    problems = {pid: (path, reason) for pid, path, reason in res.problems if pid != "*"}
     assert set(problems) == {"direction-2", "direction-3"}
+    # The four reasoning types this copy lacks are reported, not dropped silently.
+    missing = [(Path(path).name, why) for pid, path, why in res.problems if pid == "*"]
+    assert missing == [(f"{t}.json", "annotation file does not exist")
+                       for t in ("rotation", "shape&trend", "velocity&frequency", "visual_cues")]
     assert problems["direction-2"][0].endswith("videos/human/gone.mp4") and "does not exist" in problems["direction-2"][1]
     assert problems["direction-3"][0].endswith("videos/human/bad.mp4")
     with pytest.raises(VideoError, match="gone.mp4.*direction-2"):
         load_tomato(root, ["direction"], n_frames=4, skip_bad=False)
     lazy = load_tomato(root, decode=False)
-    assert len(lazy.samples) == 5 and lazy.problems == [] and all(s.frames is None for s in lazy.samples)
+    assert len(lazy.samples) == 5 and all(s.frames is None for s in lazy.samples)
+    assert [pid for pid, _, _ in lazy.problems] == ["*"] * 4  # only the absent files
+    assert load_tomato(root, ["direction", "count"], decode=False).problems == []  # named: only those read
     assert load_tomato(root, n_frames=2, size=8).samples[0].frames.shape == (2, 8, 8, 3)
 
 
@@ -110,9 +116,10 @@ def test_tomato_malformed_entries_and_files(tmp_path):
     (ann / "count.json").write_text("{ not json")
     res = load_tomato(tmp_path, decode=False)
     assert [s.id for s in res.samples] == ["rotation-0"]
-    reasons = {pid: r for pid, _, r in res.problems}
+    reasons = {pid if pid != "*" else Path(path).name: r for pid, path, r in res.problems}
     assert "options" in reasons["rotation-1"] and "out of range" in reasons["rotation-2"]
-    assert "integer" in reasons["rotation-3"] and "JSON" in reasons["*"]
+    assert "integer" in reasons["rotation-3"] and "JSON" in reasons["count.json"]
+    assert reasons["direction.json"] == "annotation file does not exist"
     with pytest.raises(AnnotationError, match=r"rotation.json \[item '1'\].*options"):
         load_tomato(tmp_path, ["rotation"], decode=False, skip_bad=False)
     with pytest.raises(AnnotationError, match="count.json.*JSON"):
