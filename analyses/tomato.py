@@ -15,6 +15,13 @@ position (``tracing.scoring.score``, batched, no generation) or, with
 TOMATO's answer parser (``tasks.answers.parse_answer``); unparsed answers
 count as wrong and their number is reported. Conditions that give a question
 the same frame list (``frames_1`` and ``single_first``) share one forward pass.
+A video with fewer frames than m repeats frames, as TOMATO's sampling does
+(``--short-videos own``: its own frames; either way the run says how many);
+a truncated video (fewer frames decode than its container declares) is
+skipped as a missing one is, with the check every loader makes. rho needs the
+human-picked frame, which TOMATO's public annotations lack: ``--human-frames
+FILE.json`` maps question id to frame index. The report (markdown, CSV)
+counts the questions left out and says why.
 
 Metrics and tables (``analyses.tomato_metrics``): kappa, tau and rho per model
 and task, bootstrap 95% intervals over questions, averages over models as
@@ -38,8 +45,10 @@ reversed, L layers, d the model's width):
                                           --no-internals; 4 N P L d bytes, which on a 7B model
                                           is the bulk of the file)
     /samples/run_meta                     per question: notes, the generated responses; a
-                                          question whose video is missing or unreadable is
-                                          recorded as skipped, with the reason
+                                          question whose video is missing, unreadable or
+                                          truncated is recorded as skipped, with the reason
+    /results/tomato/load_problems         JSON [item, path, why] of each question (item '*': a
+                                          whole annotation file) the loader left out (when any)
     /results/report/markdown              the table as the CLI wrote it, with its bootstrap settings
 
 ``load_results`` computes the ``Ablation`` (correctness, flips, the order
@@ -53,21 +62,23 @@ question, refusal of another configuration, ``--overwrite``, the lock and
 """
 from __future__ import annotations
 
+import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tasks.answers import parse_answer
-from tasks.frames import (DEFAULT_COUNTS, SINGLE_PICKS, Condition, QuestionFrames, curve_of, plan_conditions,
-                          question_frames)
+from tasks.frames import (DEFAULT_COUNTS, SINGLE_PICKS, Condition, QuestionFrames, plan_conditions, question_frames,
+                          read_human_frames, set_human_frames)
 from tasks.types import Sample
 
 from . import tomato_metrics as M
 from .tomato_figures import write_figures
-from .tomato_metrics import metric_rows, report
+from .tomato_metrics import Ablation, metric_rows, report  # noqa: F401  (Ablation: re-exported)
 
+SHORT_VIDEOS = ("repeat", "own")
 
 
 @dataclass
@@ -77,7 +88,8 @@ class AblationConfig:
     ``singles``: which single-frame picks; ``internals``: keep the residual
     stream for the order analysis; ``generate``: answer by generation and
     TOMATO's parser instead of letter probabilities; ``batch_size``: prompts
-    (a question's conditions) per forward pass."""
+    (a question's conditions) per forward pass; ``short_videos``: a video of
+    fewer than m frames 'repeat's frames (TOMATO's sampling) or shows its 'own'."""
 
     frames: int = 16
     shuffle_seeds: int = 3
@@ -88,8 +100,11 @@ class AblationConfig:
     internals: bool = True
     generate: bool = False
     max_new_tokens: int = 8
+    short_videos: str = "repeat"
 
     def __post_init__(self):
+        if self.short_videos not in SHORT_VIDEOS:
+            raise ValueError(f"short_videos must be one of {list(SHORT_VIDEOS)}, got {self.short_videos!r}")
         for name in ("frames", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -110,98 +125,6 @@ class AblationConfig:
 def resid_names(conditions: list[Condition]) -> list[str]:
     """The conditions whose residual stream the order analysis keeps: multi (the ordered reference) first."""
     return ["multi"] + [c.name for c in conditions if c.kind in ("shuffled", "reversed")]
-
-
-# ============================================================== results
-@dataclass
-class Ablation:
-    """What one run measured, over the n questions that ran. C conditions.
-
-    correct:    float [C, n]  1 right, 0 wrong, NaN not run (no human frame)
-    pred:       int [C, n]    chosen option, -1 not run or unparsed
-    probs:      float [C, n, K] option-letter probabilities (NaN past a question's
-                options, and everywhere under --generate)
-    indices:    int [C, n, F] frame indices shown, -1 padded
-    n_total:    int [n] frames in each question's video; human_frame: int [n] (-1 none)
-    groups:     {'task': str [n], 'demonstration_type': str [n] (benchmarks)}
-    responses / unparsed: str / bool [C, n] under --generate, else None
-    cos:        {condition: float [n, L]} 1 - cos(ordered, perturbed) of the last
-                position's residual stream after each layer (shuffled_*, reversed)
-    cka:        {condition: float [L]} linear CKA of ordered vs perturbed over questions
-    cka_task:   {condition: float [n_tasks, L]} the same within each task (NaN under 8 questions)
-    skipped:    [(question id, why)] questions that could not run (a missing or corrupt video)
-    """
-
-    model: str
-    fingerprint: str
-    dataset: str
-    config: dict
-    conditions: list[Condition]
-    ids: np.ndarray
-    answers: np.ndarray
-    n_options: np.ndarray
-    groups: dict[str, np.ndarray]
-    correct: np.ndarray
-    pred: np.ndarray
-    probs: np.ndarray
-    indices: np.ndarray
-    n_total: np.ndarray
-    human_frame: np.ndarray
-    responses: np.ndarray | None = None
-    unparsed: np.ndarray | None = None
-    layers: list[int] = field(default_factory=list)
-    cos: dict[str, np.ndarray] = field(default_factory=dict)
-    cka: dict[str, np.ndarray] = field(default_factory=dict)
-    cka_task: dict[str, np.ndarray] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.conditions]
-
-    @property
-    def tasks(self) -> np.ndarray:
-        return self.groups["task"]
-
-    def has(self, name: str) -> bool:
-        return name in self.names
-
-    def correct_of(self, name: str) -> np.ndarray:
-        """float [n] per-question correctness of a condition (all NaN if the run lacks it)."""
-        if name not in self.names:
-            return np.full(len(self.ids), np.nan)
-        return self.correct[self.names.index(name)]
-
-    def pred_of(self, name: str) -> np.ndarray:
-        return self.pred[self.names.index(name)]
-
-    @property
-    def shuffled_names(self) -> list[str]:
-        return [c.name for c in self.conditions if c.kind == "shuffled"]
-
-    def shuffled_correct(self) -> np.ndarray:
-        """float [n]: each question's correctness averaged over the shuffle seeds."""
-        names = self.shuffled_names
-        if not names:
-            return np.full(len(self.ids), np.nan)
-        return np.mean([self.correct_of(s) for s in names], axis=0)
-
-    def flip_rate(self) -> np.ndarray:
-        """float [n]: the fraction of shuffle seeds under which a question's answer
-        differs from its answer with the frames in order (NaN without shuffles)."""
-        names = self.shuffled_names
-        if not names or not self.has("multi"):
-            return np.full(len(self.ids), np.nan)
-        ordered = self.pred_of("multi")
-        return np.mean([self.pred_of(s) != ordered for s in names], axis=0).astype(float)
-
-    def curve(self) -> list[tuple[int, str]]:
-        return curve_of(self.conditions)
-
-    def effective_frames(self, name: str) -> np.ndarray:
-        """int [n]: frames each question actually got under a condition."""
-        return (self.indices[self.names.index(name)] >= 0).sum(-1)
 
 
 # ============================================================== one question
@@ -255,10 +178,13 @@ def _unit_meta(s: Sample) -> dict:
     return meta
 
 
-def declare(lm, samples: list[Sample], cfg: AblationConfig, config: dict | None = None):
+def declare(lm, samples: list[Sample], cfg: AblationConfig, config: dict | None = None,
+            load_problems: list | None = None):
     """Every question under every condition as a run-engine declaration: one
     unit per question, returning the arrays of the module docstring's file.
-    config: what else identifies the run (the data's settings)."""
+    config: what else identifies the run (the data's settings). load_problems:
+    the loader's (item, path, why) of questions it left out, kept in the file
+    (/results/tomato/load_problems) for the report."""
     from analyses.run import Declaration, SkipUnit
     from tasks.video import VideoError
     from tracing.store import SampleMeta
@@ -283,7 +209,7 @@ def declare(lm, samples: list[Sample], cfg: AblationConfig, config: dict | None 
     def compute(i):
         s = samples[i]
         try:
-            q, notes = question_frames(s, conds, None if recipe is None else resize)
+            q, notes = question_frames(s, conds, None if recipe is None else resize, cfg.short_videos == "repeat")
         except VideoError as e:
             raise SkipUnit(str(e)) from None
         key = {c.name: tuple(int(x) for x in q.indices[c.name]) for c in conds if q.indices[c.name] is not None}
@@ -314,8 +240,26 @@ def declare(lm, samples: list[Sample], cfg: AblationConfig, config: dict | None 
     cfg_dict = {**asdict(cfg), "conditions": [asdict(c) for c in conds], **(config or {})}
     # a unit's meta holds its generated responses: room for them at ~16 bytes a token
     json_bytes = 16384 + (C * cfg.max_new_tokens * 16 if cfg.generate else 0)
+    static = {_LOAD_PROBLEMS: (np.array([json.dumps(list(p)) for p in load_problems]), {})} \
+        if load_problems else None
     return Declaration("tomato", cfg_dict, units, compute, shapes=shapes, max_json_bytes=json_bytes,
-                       describe=f"tomato ablations ({lm.name})")
+                       static=static, describe=f"tomato ablations ({lm.name})")
+
+
+_LOAD_PROBLEMS = "tomato/load_problems"
+
+
+def _skips(problems: list, skipped: list[tuple[str, str, dict]]) -> list[dict]:
+    """Every question left out as ``tomato_metrics.skip_record``s: the loader's
+    problems (item, path, why) then the units skipped while running (id, task, unit meta)."""
+    out = []
+    for item, path, why in problems or []:
+        # a TOMATO item is <reasoning type>-<id>, its annotation file <reasoning type>.json
+        task = Path(path).stem if str(path).endswith(".json") else None
+        out.append(M.skip_record(item, why, path, task))
+    for sid, task, meta in skipped:
+        out.append(M.skip_record(sid, meta["why"], task=task, demonstration_type=meta.get("demonstration_type")))
+    return out
 
 
 # ============================================================== from the per-question arrays
@@ -383,8 +327,13 @@ def load_results(path: str | Path, partial: bool = False) -> Ablation:
     names = _UNIT_ARRAYS + (("resid",) if "resid" in r.hooks and done.all() else ())
     arrays = {n: r.acts(n, keep) for n in names}
     rows = [{"id": s["id"][i], "task": s["task"][i], "label": s["label"][i], **metas[i]} for i in keep]
-    return reduce(arrays, rows, [Condition(**c) for c in cfg["conditions"]], str(r.attrs["model"]),
-                  str(r.attrs["model_fingerprint"]), str(r.attrs["dataset"]), cfg, skipped)
+    problems = [json.loads(p) for p in r.result(_LOAD_PROBLEMS)[0]] if _LOAD_PROBLEMS in r.results() else []
+    unit_skips = [(s["id"][i], s["task"][i], {**metas[i], "why": metas[i]["skipped"]}) for i in range(N)
+                  if done[i] and "skipped" in metas[i]]
+    ab = reduce(arrays, rows, [Condition(**c) for c in cfg["conditions"]], str(r.attrs["model"]),
+                str(r.attrs["model_fingerprint"]), str(r.attrs["dataset"]), cfg, skipped)
+    ab.skips = _skips(problems, unit_skips)
+    return ab
 
 
 def run(lm, samples: list[Sample], out: str | Path, cfg: AblationConfig | None = None, dataset: str = "synthetic",
@@ -408,20 +357,23 @@ def run_ablation(lm, samples: list[Sample], cfg: AblationConfig | None = None, d
 
     cfg = cfg or AblationConfig()
     decl = declare(lm, samples, cfg)
-    per, rows, skipped = [], [], []
+    per, rows, skipped, unit_skips = [], [], [], []
     for i in tqdm(range(len(samples)), desc=decl.describe, unit="question", disable=not progress):
         u = decl.units[i]
         try:
             arrays, _, meta = decl.compute(i)
         except SkipUnit as e:
             skipped.append((u.id, str(e)))
+            unit_skips.append((u.id, u.task, {**u.meta, "why": str(e)}))
             continue
         per.append(arrays)
         rows.append({"id": u.id, "task": u.task, "label": u.label, **u.meta, **meta})
     if not per:
         raise ValueError(f"none of the {len(samples)} questions could be run (first: {skipped[0][0]}: {skipped[0][1]})")
     arrays = {n: np.stack([x[n] for x in per]) for n in per[0]}
-    return reduce(arrays, rows, cfg.conditions(), lm.name, lm.fingerprint, dataset, decl.identity_config(), skipped)
+    ab = reduce(arrays, rows, cfg.conditions(), lm.name, lm.fingerprint, dataset, decl.identity_config(), skipped)
+    ab.skips = _skips([], unit_skips)
+    return ab
 
 
 def store_report(path: str | Path, markdown: str, n_boot: int, seed: int) -> None:
@@ -453,13 +405,24 @@ def build_parser():
                        "information disparity rho) and the layers at which the model becomes sensitive to frame "
                        "order. --limit all reads every question; synthetic --tasks default to the temporal tasks and "
                        "the static control.", frames=16, limit=16)
+    frames = next(x for x in ap._actions if x.dest == "frames")
+    frames.default = None  # resolved in prepare; '%(default).0s' prints nothing and stops argparse's "(default: None)"
+    frames.help = ("m: frames sampled uniformly from each video (default: 16, TOMATO's m, on a benchmark; "
+                   "--render-frames on synthetic)%(default).0s")
     ap.add_argument("--shuffle-seeds", type=int, default=3, help="number of shuffled runs (one permutation per seed)")
     ap.add_argument("--counts", default=",".join(map(str, DEFAULT_COUNTS)),
                     help="comma-separated frame counts of the accuracy-vs-frames curve (counts >= --frames are "
                          "the --frames run itself)")
     ap.add_argument("--singles", default=",".join(SINGLE_PICKS),
                     help="single-frame picks to run: first (TOMATO's, used by kappa), middle, random (seeded), "
-                         "human (the annotation's human_frame; used by rho)")
+                         "human (the human-picked frame, from --human-frames or the annotation; used by rho)")
+    ap.add_argument("--human-frames", default=None, metavar="FILE.json",
+                    help="the human-picked most informative frame per question, for rho (TOMATO's public "
+                         "annotations carry none): a JSON object mapping question id (<reasoning type>-<id>, as in "
+                         "the tables, e.g. count-7) to a frame index into the video's decoded frames, from 0")
+    ap.add_argument("--short-videos", default="repeat", choices=SHORT_VIDEOS,
+                    help="a video with fewer frames than --frames: repeat frames, as TOMATO's sampling "
+                         "np.linspace(0, n-1, m, dtype=int) does, or show its own frames")
     ap.add_argument("--batch-size", type=int, default=8, help="prompts (a question's conditions) per forward pass")
     ap.add_argument("--generate", action="store_true",
                     help="answer by greedy generation parsed with TOMATO's regex parser (unparsed = wrong, counted) "
@@ -481,7 +444,7 @@ def build_parser():
 
 # Flags that change how a run is shown, not its numbers, and those the declaration records itself.
 _NOT_CONFIG = ("no_figures", "bootstrap", "threads", "frames", "shuffle_seeds", "counts", "singles", "seed",
-               "batch_size", "no_internals", "generate", "max_new_tokens")
+               "batch_size", "no_internals", "generate", "max_new_tokens", "short_videos", "human_frames")
 
 
 def _ablation_config(a) -> AblationConfig:
@@ -499,7 +462,7 @@ def _ablation_config(a) -> AblationConfig:
         return AblationConfig(frames=a.frames, shuffle_seeds=a.shuffle_seeds, counts=counts,
                               singles=tuple(x for x in a.singles.split(",") if x), seed=a.seed,
                               batch_size=a.batch_size, internals=not a.no_internals, generate=a.generate,
-                              max_new_tokens=a.max_new_tokens)
+                              max_new_tokens=a.max_new_tokens, short_videos=a.short_videos)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -511,6 +474,8 @@ def prepare(argv):
     from analyses.run import Prepared
 
     a = build_parser().parse_args(argv)
+    if a.frames is None:  # m: TOMATO's 16 on a benchmark; on synthetic the clips' own count (no repeats)
+        a.frames = max(a.render_frames, 1) if a.dataset == "synthetic" else 16
     check_flags(a)
     cfg = _ablation_config(a)
     if a.threads:
@@ -518,19 +483,43 @@ def prepare(argv):
 
         torch.set_num_threads(a.threads)
     out = preflight("tomato", a)
+    human = _read_human_frames(a.human_frames)
     if a.dataset == "synthetic":
         if a.tasks is None:  # the grounding tasks are single-frame questions: nothing to ablate
             from tasks.synthetic import STATIC_TASKS, TEMPORAL_TASKS
 
             a.tasks = ",".join(TEMPORAL_TASKS + STATIC_TASKS)
-        samples = load_data(a, n_frames=a.render_frames, size=a.size).samples
+        res = load_data(a, n_frames=a.render_frames, size=a.size)
     elif a.dataset == "tomato":
-        samples = load_data(a, decode=False).samples  # decoded per question: only the frames the conditions need
+        res = load_data(a, decode=False)  # decoded per question: only the frames the conditions need
     else:
-        samples = load_data(a).samples  # the loader's sampled frames stand in for the video
-    lm = load_from_args(a)
+        res = load_data(a)  # the loader's sampled frames stand in for the video
+    samples = res.samples
     config = {k: v for k, v in run_config(a).items() if k not in _NOT_CONFIG}
-    return Prepared(lm, declare(lm, samples, cfg, config), a.dataset, a, out)
+    if human is not None:  # recorded only when given: files written without it still resume
+        config["human_frames"] = human[1]
+        n, unknown = set_human_frames(samples, human[0])
+        print(f"--human-frames {a.human_frames}: {n} of {len(samples)} questions given a human frame"
+              + (f"; ids naming no question loaded here: {len(unknown)} (first: {unknown[0]!r}; ids are "
+                 f"<reasoning type>-<id>)" if unknown else ""), file=sys.stderr)
+    lm = load_from_args(a)
+    return Prepared(lm, declare(lm, samples, cfg, config, res.problems), a.dataset, a, out)
+
+
+def _read_human_frames(path):
+    """--human-frames -> ({question id: frame}, what identifies the file in the run's configuration) or None."""
+    import hashlib
+
+    from analyses.run import UsageError
+
+    if path is None:
+        return None
+    try:
+        frames = read_human_frames(path)
+    except ValueError as e:
+        raise UsageError(f"--human-frames: {e}") from None
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return frames, {"file": str(Path(path).absolute()), "sha256": digest, "entries": len(frames)}
 
 
 def main(argv=None) -> Ablation:
@@ -549,6 +538,14 @@ def main(argv=None) -> Ablation:
             print(f"skipped {sid}: {why} (recorded by an earlier run)", file=sys.stderr)
     for n in ab.notes:
         print(f"note: {n}", file=sys.stderr)
+    short = int(M.short_videos(ab).sum())
+    if short:
+        m = M.nominal_frames(ab)
+        how = (f"their {m}-frame conditions repeat frames, as TOMATO's sampling np.linspace(0, n-1, m, dtype=int) "
+               f"does (--short-videos own: their own frames)" if a.short_videos == "repeat" else
+               "each is shown its own frames (--short-videos own), not TOMATO's repeated ones")
+        print(f"note: {short} of {len(ab.ids)} questions have a video shorter than --frames {m}: {how}",
+              file=sys.stderr)
     md, table = report([ab], a.bootstrap, a.seed)
     store_report(out, md, a.bootstrap, a.seed)
     stem = out.with_suffix("")

@@ -1,7 +1,8 @@
-"""TOMATO's three ablation metrics (Shangguan et al. 2024), with bootstrap intervals,
-and the tables of a run (its figures: analyses/tomato_figures.py).
+"""TOMATO's three ablation metrics (Shangguan et al. 2024, arXiv 2410.23266), with
+bootstrap intervals, a run's results (``Ablation``) and its tables (its figures:
+analyses/tomato_figures.py).
 
-All three are relative gains in percent (PAPERS.md section 3):
+All three are relative gains in percent, as in the paper's tables:
 
     kappa  multi-frame gain            (A_m - A_1) / A_1 * 100
     tau    frame order sensitivity     (A_m - A_shuffled) / A_shuffled * 100
@@ -13,23 +14,28 @@ A_1[H]: the single frame a human picked as the most informative. A zero
 denominator makes a metric undefined: it is NaN, with an
 ``UndefinedMetricWarning`` naming the metric and where, never an infinity.
 An average over models is the mean of the per-model metric values, not the
-metric of averaged accuracies (which is what the paper's averages are).
+metric of averaged accuracies, as in the paper (its averages over GPT-4o and
+Qwen2-VL-72B are means of the two models' metric values).
 
 What is drawn from a run: the tables (``metric_rows``, ``to_markdown``,
-``to_csv``, ``report``), reading it through the accessors of
-``analyses.tomato.Ablation`` (``correct_of``, ``shuffled_correct``,
-``flip_rate``, ``groups``, ...). Numpy only; nothing here knows about
-models or results files.
+``to_csv``, ``report``), reading it through the accessors of ``Ablation``
+(``correct_of``, ``shuffled_correct``, ``flip_rate``, ``groups``, ...), and
+what a report says of the questions left out (``skip_record``: a missing,
+unreadable or truncated video, a malformed annotation) and of videos shorter
+than m. Numpy only; nothing here knows about models or results files.
 """
 from __future__ import annotations
 
 import csv
 import io
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+
+from tasks.frames import Condition, curve_of
 
 
 class UndefinedMetricWarning(RuntimeWarning):
@@ -156,6 +162,141 @@ def bootstrap_mean(x: np.ndarray, n_boot: int = 1000, seed: int = 0, level: floa
     return float(lo), float(hi)
 
 
+# -- a run's results ----------------------------------------------------------
+
+@dataclass
+class Ablation:
+    """What one run measured, over the n questions that ran. C conditions.
+
+    correct:    float [C, n]  1 right, 0 wrong, NaN not run (no human frame)
+    pred:       int [C, n]    chosen option, -1 not run or unparsed
+    probs:      float [C, n, K] option-letter probabilities (NaN past a question's
+                options, and everywhere under --generate)
+    indices:    int [C, n, F] frame indices shown, -1 padded
+    n_total:    int [n] frames in each question's video; human_frame: int [n] (-1 none)
+    groups:     {'task': str [n], 'demonstration_type': str [n] (benchmarks)}
+    responses / unparsed: str / bool [C, n] under --generate, else None
+    cos:        {condition: float [n, L]} 1 - cos(ordered, perturbed) of the last
+                position's residual stream after each layer (shuffled_*, reversed)
+    cka:        {condition: float [L]} linear CKA of ordered vs perturbed over questions
+    cka_task:   {condition: float [n_tasks, L]} the same within each task (NaN under 8 questions)
+    skipped:    [(question id, why)] questions that could not run (a missing or corrupt video)
+    skips:      every question (and annotation file) left out, at loading or at running, as
+                ``skip_record`` dicts: what the report counts
+    """
+
+    model: str
+    fingerprint: str
+    dataset: str
+    config: dict
+    conditions: list[Condition]
+    ids: np.ndarray
+    answers: np.ndarray
+    n_options: np.ndarray
+    groups: dict[str, np.ndarray]
+    correct: np.ndarray
+    pred: np.ndarray
+    probs: np.ndarray
+    indices: np.ndarray
+    n_total: np.ndarray
+    human_frame: np.ndarray
+    responses: np.ndarray | None = None
+    unparsed: np.ndarray | None = None
+    layers: list[int] = field(default_factory=list)
+    cos: dict[str, np.ndarray] = field(default_factory=dict)
+    cka: dict[str, np.ndarray] = field(default_factory=dict)
+    cka_task: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skips: list[dict] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.conditions]
+
+    @property
+    def tasks(self) -> np.ndarray:
+        return self.groups["task"]
+
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+    def correct_of(self, name: str) -> np.ndarray:
+        """float [n] per-question correctness of a condition (all NaN if the run lacks it)."""
+        if name not in self.names:
+            return np.full(len(self.ids), np.nan)
+        return self.correct[self.names.index(name)]
+
+    def pred_of(self, name: str) -> np.ndarray:
+        return self.pred[self.names.index(name)]
+
+    @property
+    def shuffled_names(self) -> list[str]:
+        return [c.name for c in self.conditions if c.kind == "shuffled"]
+
+    def shuffled_correct(self) -> np.ndarray:
+        """float [n]: each question's correctness averaged over the shuffle seeds."""
+        names = self.shuffled_names
+        if not names:
+            return np.full(len(self.ids), np.nan)
+        return np.mean([self.correct_of(s) for s in names], axis=0)
+
+    def flip_rate(self) -> np.ndarray:
+        """float [n]: the fraction of shuffle seeds under which a question's answer
+        differs from its answer with the frames in order (NaN without shuffles)."""
+        names = self.shuffled_names
+        if not names or not self.has("multi"):
+            return np.full(len(self.ids), np.nan)
+        ordered = self.pred_of("multi")
+        return np.mean([self.pred_of(s) != ordered for s in names], axis=0).astype(float)
+
+    def curve(self) -> list[tuple[int, str]]:
+        return curve_of(self.conditions)
+
+    def effective_frames(self, name: str) -> np.ndarray:
+        """int [n]: frames each question actually got under a condition."""
+        return (self.indices[self.names.index(name)] >= 0).sum(-1)
+
+
+def skip_record(item: str, why: str, path: str = "", task: str | None = None,
+                demonstration_type: str | None = None) -> dict:
+    """One question (item '*': a whole annotation file) left out, with the kind
+    of reason a report counts: video missing / truncated / unreadable,
+    annotation malformed, annotation file missing / unreadable."""
+    w = why.lower()
+    if item == "*":
+        kind = "annotation file missing" if "does not exist" in w else "annotation file unreadable"
+    elif "does not exist" in w or "is not a file" in w:
+        kind = "video missing"
+    elif "truncated" in w:
+        kind = "video truncated"
+    elif str(path).endswith(".json"):
+        kind = "annotation malformed"
+    else:
+        kind = "video unreadable"
+    return {"id": item, "why": why, "path": str(path), "kind": kind, "task": task,
+            "demonstration_type": demonstration_type}
+
+
+def _kinds(records: list[dict]) -> str:
+    """'video missing: 1; annotation file missing: 4 files' (questions, then files)."""
+    q = Counter(r["kind"] for r in records if r["id"] != "*")
+    f = Counter(r["kind"] for r in records if r["id"] == "*")
+    return "; ".join([f"{k}: {n}" for k, n in q.items()] +
+                     [f"{k}: {n} file{'s' if n > 1 else ''}" for k, n in f.items()])
+
+
+def nominal_frames(ab) -> int:
+    """m: the run's --frames, else (a run built by hand) the median frame count of ``multi``."""
+    m = ab.config.get("frames") if ab.config else None
+    return int(m) if m else int(np.median(ab.effective_frames("multi")))
+
+
+def short_videos(ab) -> np.ndarray:
+    """bool [n]: questions whose video has fewer frames than m."""
+    return ab.n_total < nominal_frames(ab)
+
+
 # -- inside the model ---------------------------------------------------------
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -215,7 +356,8 @@ def order_sensitivity(ref: np.ndarray, x: np.ndarray, tasks: np.ndarray, min_tas
 GROUPINGS = ("task", "demonstration_type")
 COLUMNS = ["model", "by", "group", "n", "acc_first", "acc_middle", "acc_random", "acc_human", "n_human", "acc_multi",
            "acc_shuffled", "acc_reversed", "kappa", "kappa_lo", "kappa_hi", "tau", "tau_lo", "tau_hi", "rho", "rho_lo",
-           "rho_hi", "tau_reversed", "flip_rate", "unparsed"]
+           "rho_hi", "tau_reversed", "flip_rate", "unparsed", "n_short", "skipped", "skipped_why"]
+_SUMMED = ("unparsed", "n_human", "n_short", "skipped")  # columns an average over models sums
 _GAINS = {"kappa": kappa, "tau": tau, "rho": rho}
 
 
@@ -238,7 +380,10 @@ def metric_rows(runs: list, by: str = "task", n_boot: int = 1000, seed: int = 0)
 
     runs: ``analyses.tomato.Ablation``s. by: 'task' or 'demonstration_type'
     (benchmarks). Accuracies are percent; kappa / tau / rho are NaN where
-    undefined (with an UndefinedMetricWarning).
+    undefined (with an UndefinedMetricWarning). n_short: questions whose video
+    has fewer frames than m; skipped / skipped_why: questions of the group left
+    out (``Ablation.skips``; 'all' counts every one, also those of no known
+    group) and their kinds, annotation files that could not be read included.
     """
     rows = []
     per_group: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
@@ -270,6 +415,10 @@ def metric_rows(runs: list, by: str = "task", n_boot: int = 1000, seed: int = 0)
                                        "tau (reversed)", where)
             row["flip_rate"] = float(np.nanmean(ab.flip_rate()[mask]) * 100) if ab.shuffled_names else float("nan")
             row["unparsed"] = int(ab.unparsed[:, mask].sum()) if ab.unparsed is not None else 0
+            row["n_short"] = int(short_videos(ab)[mask].sum())
+            left = [r for r in ab.skips if g == "all" or r.get(by) == g]
+            row["skipped"] = sum(r["id"] != "*" for r in left)
+            row["skipped_why"] = _kinds(left)
             rows.append(row)
             per_group[g].append((row, pairs))
     if len(runs) > 1:
@@ -279,10 +428,11 @@ def metric_rows(runs: list, by: str = "task", n_boot: int = 1000, seed: int = 0)
                 continue  # a group some model did not run has no average over models
             avg = {"model": "average", "by": by, "group": g, "n": int(sum(r["n"] for r, _ in got))}
             for col in COLUMNS[4:]:
-                if col.endswith(("_lo", "_hi")) or col in _GAINS or col == "tau_reversed":
+                if col.endswith(("_lo", "_hi")) or col in _GAINS or col in ("tau_reversed", "skipped_why"):
                     continue
                 vals = [r[col] for r, _ in got]
-                avg[col] = float(np.mean(vals)) if col != "unparsed" and col != "n_human" else int(np.sum(vals))
+                avg[col] = int(np.sum(vals)) if col in _SUMMED else float(np.mean(vals))
+            avg["skipped_why"] = " | ".join(f"{r['model']}: {r['skipped_why']}" for r, _ in got if r["skipped_why"])
             for k in list(_GAINS) + ["tau_reversed"]:
                 avg[k] = average_over_models([r[k] for r, _ in got], k, f"{by}={g}")
             for k in _GAINS:
@@ -331,23 +481,49 @@ def groupings(runs: list) -> list[str]:
     return [g for g in GROUPINGS if all(g in ab.groups for ab in runs)]
 
 
-def multi_count(ab) -> int:
-    """m as the questions got it: the median frame count of ``multi`` (the
-    nominal --frames is capped by each video's own count)."""
-    return int(np.median(ab.effective_frames("multi")))
+def _run_notes(ab, prefix: str = "", listed: int = 20) -> str:
+    """What a report says of one run besides its tables (markdown): videos
+    shorter than m, where human frames come from, and every question left out,
+    with why (the first ``listed`` of them)."""
+    m, n = nominal_frames(ab), len(ab.ids)
+    short = int(short_videos(ab).sum())
+    if (ab.config.get("short_videos", "own") if ab.config else "repeat") == "repeat":
+        paras = [f"{prefix}Videos shorter than m = {m} frames: {short} of {n} questions; their {m}-frame "
+                 f"conditions repeat frames, as TOMATO's sampling does (np.linspace(0, n-1, m, dtype=int))."]
+    else:
+        paras = [f"{prefix}Videos shorter than m = {m} frames: {short} of {n} questions; each is shown its own "
+                 f"n frames (--short-videos own), where TOMATO's sampling would repeat frames."]
+    if ab.has("single_human"):
+        nh = int((~np.isnan(ab.correct_of("single_human"))).sum())
+        if nh < n:
+            paras.append(f"{prefix}ρ: {nh} of {n} questions have a human-picked frame (A_1[H]); TOMATO's public "
+                         f"annotations carry none. Supply them with --human-frames FILE.json, a JSON object mapping "
+                         f"question id to frame index from 0, e.g. {{\"count-7\": 12, \"direction-0\": 40}}.")
+    q = [r for r in ab.skips if r["id"] != "*"]
+    files = [r for r in ab.skips if r["id"] == "*"]
+    lines = [f"{prefix}Skipped: {len(q)} question{'' if len(q) == 1 else 's'}, left out of the tables"
+             + (f" ({_kinds(ab.skips)})." if ab.skips else ".")]
+    for r in (files + q)[:listed]:
+        lines.append(f"- {r['path'] if r['id'] == '*' else r['id']} ({r['kind']}): {r['why']}")
+    if len(files + q) > listed:
+        lines.append(f"- ... and {len(files + q) - listed} more")
+    return "\n\n".join(paras + ["\n".join(lines)])
 
 
 def report(runs: list, n_boot: int = 1000, seed: int = 0) -> tuple[str, str]:
-    """(markdown, csv) of every grouping the runs share; what the CLI writes and
-    the notebook rebuilds."""
+    """(markdown, csv) of every grouping the runs share, with what was left out
+    and why (and the CSV's n_short / skipped / skipped_why columns); what the
+    CLI writes and the notebook rebuilds."""
     ab = runs[0]
-    m = multi_count(ab)
+    m = nominal_frames(ab)
     md = [f"## TOMATO ablations: {', '.join(r.model for r in runs)} on {ab.dataset}\n",
           f"A_1: the first frame (as TOMATO's code); A_1[H]: the human-picked frame; A_{m}: {m} frames sampled "
-          f"uniformly (fewer where a video has fewer); A_shuf: the same frames shuffled, averaged over "
+          f"uniformly (np.linspace(0, n-1, m, dtype=int), as TOMATO); A_shuf: the same frames shuffled, averaged over "
           f"{len(ab.shuffled_names)} seeds; A_rev: reversed. κ = (A_{m} − A_1)/A_1, τ = (A_{m} − A_shuf)/A_shuf, "
           f"ρ = (A_1[H] − A_1)/A_1, in percent, with bootstrap 95% intervals ({n_boot} resamples of the questions); "
           f"ρ over the questions that have a human frame. flips: how often an answer changes under shuffling.\n"]
+    for r in runs:
+        md.append("\n" + _run_notes(r, f"{r.model}: " if len(runs) > 1 else "") + "\n")
     csvs = []
     for by in groupings(runs):
         rows = metric_rows(runs, by, n_boot, seed)

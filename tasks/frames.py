@@ -4,7 +4,8 @@ TOMATO's ablations (Shangguan et al. 2024) answer every question under a set
 of conditions, each a list of frame indices into the question's video:
 
     multi          m frames sampled uniformly (np.linspace(0, n-1, m, dtype=int), as
-                   TOMATO); m = the nominal count, or the video's own when it has fewer
+                   TOMATO); a video with fewer than m frames repeats frames, as TOMATO's
+                   sampling does (``repeat=False``: the video's own n frames instead)
     single_first   frame 0 (TOMATO's code: its single-frame run takes the first frame)
     single_middle  frame n // 2
     single_random  one frame drawn per question from a seed
@@ -13,16 +14,27 @@ of conditions, each a list of frame indices into the question's video:
     shuffled_<s>   the m frames of ``multi`` in a random order (one per seed; never
                    the identity)
     reversed       the m frames of ``multi`` back to front
-    frames_<k>     k frames sampled uniformly: the frame-count curve (k < m)
+    frames_<k>     k frames sampled uniformly: the frame-count curve (k < m; repeats
+                   as multi does on a video of fewer than k frames)
 
 Random draws are keyed by the question's id, not its position, so a question
 gets the same frames whatever else was selected around it. Knows nothing of
-models: a model's resize is passed in as a function.
+models: a model's resize is passed in as a function. A video is read whole
+once to count its frames, with the decode check every reader makes
+(``tasks.video.check_decoded``): a truncated file is a VideoError, never a
+shorter video.
+
+Human-picked frames (rho) come from a benchmark's annotation (``human_frame``)
+or from a JSON file mapping question id to frame index (``read_human_frames``,
+``set_human_frames``): TOMATO's public annotations carry none.
 """
 from __future__ import annotations
 
+import json
+import os
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -76,19 +88,22 @@ def _rng(tag: int, seed: int, sample_id: str) -> np.random.Generator:
     return np.random.default_rng([tag, int(seed), zlib.crc32(sample_id.encode())])
 
 
-def frame_indices(cond: Condition, n_total: int, human: int = -1, sample_id: str = "") -> np.ndarray | None:
+def frame_indices(cond: Condition, n_total: int, human: int = -1, sample_id: str = "",
+                  repeat: bool = True) -> np.ndarray | None:
     """The frame indices (int [k], into the question's n_total frames) a condition
-    shows, or None where it does not apply (no human frame, or one past the end)."""
+    shows, or None where it does not apply (no human frame, or one past the end).
+    repeat: a video of fewer frames than a condition's count repeats frames
+    (TOMATO's np.linspace(0, n-1, m, dtype=int)); False gives it its own n_total."""
     if n_total < 1:
         raise ValueError(f"question {sample_id!r}: a video needs at least one frame")
     if cond.kind in ("multi", "count", "shuffled", "reversed"):
-        u = sample_indices(n_total, min(cond.count, n_total))
+        u = sample_indices(n_total, cond.count if repeat else min(cond.count, n_total))
         if cond.kind == "reversed":
             return u[::-1].copy()
-        if cond.kind == "shuffled" and len(u) > 1:
+        if cond.kind == "shuffled" and len(set(u.tolist())) > 1:
             rng = _rng(2, cond.seed, sample_id)
             perm = rng.permutation(len(u))
-            while (perm == np.arange(len(u))).all():  # the identity would measure nothing
+            while (u[perm] == u).all():  # the same frame list would measure nothing
                 perm = rng.permutation(len(u))
             return u[perm]
         return u
@@ -151,14 +166,17 @@ class QuestionFrames:
 
 
 def question_frames(sample: Sample, conditions: list[Condition],
-                    resize: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[QuestionFrames, list[str]]:
+                    resize: Callable[[np.ndarray], np.ndarray] | None = None,
+                    repeat: bool = True) -> tuple[QuestionFrames, list[str]]:
     """A question's frames for every condition -> (QuestionFrames, notes).
 
     Frames in memory (synthetic, or a loader that decoded them) are the video;
     otherwise ``sample.video_path`` is decoded once, keeping only the frames some
     condition needs, passed through ``resize`` (uint8 [k, H, W, 3] -> [k, h, w, 3],
     e.g. the model's own resize, so that a 1080p video costs no more memory than
-    the model's input). VideoError names the file when it is missing or unreadable."""
+    the model's input). repeat: as ``frame_indices``. VideoError names the file
+    when it is missing, unreadable, or truncated (fewer frames decode than the
+    container declares: ``tasks.video.check_decoded``, as every loader)."""
     notes = []
     h = human_frame(sample)
     seconds = None
@@ -167,15 +185,13 @@ def question_frames(sample: Sample, conditions: list[Condition],
         if sample.meta.get("sampled_fps"):
             seconds = n_total / sample.meta["sampled_fps"]
     elif sample.video_path:
-        n_total = count_frames(sample.video_path)
+        n_total = count_frames(sample.video_path, complete=True)
         seconds = duration(sample.video_path)
-        if n_total == 0:
-            raise VideoError(sample.video_path, "contains no decodable frames")
     else:
         raise VideoError("<none>", f"question {sample.id!r} has neither frames nor a video path")
     if h >= n_total:
         notes.append(f"{sample.id}: human frame {h} is past the video's {n_total} frames; left out of rho")
-    idx = {c.name: frame_indices(c, n_total, h, sample.id) for c in conditions}
+    idx = {c.name: frame_indices(c, n_total, h, sample.id, repeat) for c in conditions}
     need = sorted({int(i) for v in idx.values() if v is not None for i in v})
     if sample.frames is not None:
         store = {i: sample.frames[i] for i in need}
@@ -185,3 +201,37 @@ def question_frames(sample: Sample, conditions: list[Condition],
             arr = resize(arr)
         store = {i: arr[j] for j, i in enumerate(need)}
     return QuestionFrames(sample, n_total, h, idx, store, seconds), notes
+
+
+def read_human_frames(path: str | os.PathLike) -> dict[str, int]:
+    """A JSON object mapping question id (as chronolens names it: ``<reasoning
+    type>-<TOMATO id>``, e.g. "count-7") to the human-picked frame, an index
+    into the video's decoded frames from 0 -> {id: index}. ValueError naming the
+    file and the entry when it is anything else."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"human frames file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"human frames file {p} cannot be read as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"human frames file {p} must be a JSON object {{question id: frame index}}, "
+                         f"got {type(data).__name__}")
+    for k, v in data.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"human frames file {p}: {k!r} must map to a frame index >= 0, got {v!r}")
+    return dict(data)
+
+
+def set_human_frames(samples: list[Sample], frames: dict[str, int]) -> tuple[int, list[str]]:
+    """Give each question whose id ``frames`` names that human frame
+    (``meta['human_frame']``, over any the annotation had) -> (questions given
+    one, ids of ``frames`` that name no question here: with --limit, or a typo)."""
+    ids = {s.id for s in samples}
+    n = 0
+    for s in samples:
+        if s.id in frames:
+            s.meta["human_frame"] = int(frames[s.id])
+            n += 1
+    return n, [k for k in frames if k not in ids]

@@ -187,8 +187,10 @@ def test_plan_and_frame_indices_by_hand():
     assert ix("shuffled_1", sid="q2").tolist() != ix("shuffled_1").tolist()
     r = {ix("single_random", sid=f"q{i}")[0] for i in range(40)}
     assert r <= set(range(20)) and len(r) > 5
-    # A video shorter than m: its own frames (TOMATO's count capped by the organism's).
-    assert ix("multi", n=8).tolist() == list(range(8)) and ix("frames_8", n=8).tolist() == list(range(8))
+    # A video shorter than m repeats frames, as TOMATO's sampling does; repeat=False gives its own frames.
+    assert ix("multi", n=8).tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7]  # linspace(0, 7, 16)
+    assert ix("frames_8", n=8).tolist() == list(range(8))
+    assert F.frame_indices(conds["multi"], 8, -1, "q1", repeat=False).tolist() == list(range(8))
     two = F.frame_indices(F.Condition("s", "shuffled", 2, seed=5), 2, -1, "x")
     assert two.tolist() == [1, 0]  # never the identity
     with pytest.raises(ValueError, match="pick"):
