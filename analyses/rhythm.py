@@ -157,6 +157,21 @@ def file_trace(lm, item: dict):
     return inputs, layout, spans, extra, {"response": item["response"], "has_deps": False}
 
 
+VIDEO_SPANS = ["system", "video", "question", "options", "trailing", "last", "response"]
+
+
+def video_spans(layout, P: int, T: int) -> dict[str, tuple[int, int]]:
+    """The prompt's layout spans, disjoint, plus the response [P, T): the
+    question without its options, the options (first to last), what follows
+    them up to the prompt's last token, and that token."""
+    q, opts = layout.question_text, layout.options
+    o = (opts[0].start, opts[-1].end) if opts else (q.end, q.end)
+    last = layout.last
+    return {"system": (layout.system.start, layout.system.end), "video": (layout.video.start, layout.video.end),
+            "question": (q.start, q.end), "options": o, "trailing": (o[1], last), "last": (last, last + 1),
+            "response": (P, T)}
+
+
 def video_trace(lm, sample, max_new_tokens: int, do_sample: bool, seed: int):
     """A video question and the model's answer -> (inputs, layout, spans, extra arrays, meta)."""
     from tracing.inputs import build_sample_inputs
@@ -169,9 +184,7 @@ def video_trace(lm, sample, max_new_tokens: int, do_sample: bool, seed: int):
     P = layout.n_tokens
     inputs = _extend(inputs, new)
     T = P + len(new)
-    spans = {"system": (layout.system.start, layout.system.end), "video": (layout.video.start, layout.video.end),
-             "question": (layout.question.start, layout.question.end), "trailing": (layout.trailing.start, P),
-             "response": (P, T)}
+    spans = video_spans(layout, P, T)
     meta = {"response": lm.tokenizer.decode(new, skip_special_tokens=True), "prompt_tokens": P}
     if sample.latents:  # rendered clips: the frames that decide the answer, as frame-group indices
         from tasks.synthetic import informative_frames
@@ -248,7 +261,7 @@ def declare(lm, units, window: int = 10, horizons=("end",), rows: str | None = N
         n_frames = max(f for _, f in sizes)
         metas = [SampleMeta(s.id, s.task, int(s.answer), -1, {"options": s.options, "question": s.question})
                  for s in units]
-        span_names = ["system", "video", "question", "trailing", "response"]
+        span_names = VIDEO_SPANS
 
     shapes = {n: ((L, H, T_max), "float32") for n in PER_POSITION}
     for h in horizons:
@@ -304,7 +317,7 @@ def declare(lm, units, window: int = 10, horizons=("end",), rows: str | None = N
         return arrays, lay, meta
 
     cfg = {"window": window, "horizons": horizons, "rows": rows, "response": response, "max_new_tokens": max_new,
-           "sample": sample, "perturb": pairs, **(config or {})}
+           "sample": sample, "perturb": pairs, "spans": list(span_names), **(config or {})}
     return Declaration("rhythm", cfg, metas, compute, shapes=shapes, max_json_bytes=65536,
                        describe="WAAD / FAI statistics per trace")
 

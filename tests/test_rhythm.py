@@ -92,6 +92,12 @@ def test_organism_end_to_end(tmp_path, capsys):
     maps = eager_maps(lm, a["tokens"].tolist(), extra)
     mass = np.array([[maps[:, :, q0:q1, k0:k1].sum((-1, -2)) for k0, k1 in frames] for q0, q1 in frames])
     np.testing.assert_allclose(a["frame_mass"], mass.transpose(2, 3, 0, 1), rtol=1e-5, atol=1e-5)
+    names = r.config["spans"]  # the order of span_mass' axes
+    assert names == ["system", "video", "question", "options", "trailing", "last", "response"]
+    spans = [units[0][3]["spans"][n] for n in names]
+    assert [s for s, _ in spans][1:] == [e for _, e in spans][:-1] and spans[-1][1] == len(a["tokens"])
+    mass = np.array([[maps[:, :, q0:q1, k0:k1].sum((-1, -2)) for k0, k1 in spans] for q0, q1 in spans])
+    np.testing.assert_allclose(a["span_mass"], mass.transpose(2, 3, 0, 1), rtol=1e-5, atol=1e-5)
     for name in ("token_strip", "head_span", "frame_fai", "frame_mass"):
         assert (tmp_path / "fig" / f"{name}.png").stat().st_size > 0
 
