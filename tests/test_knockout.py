@@ -257,6 +257,13 @@ def test_named_and_parsed_edge_sets_by_hand():
 
 def test_layer_sets_and_serialisation():
     assert window(0, 9, 32) == range(0, 5) and window(10, 9, 32) == range(6, 15) and window(31, 9, 32) == range(27, 32)
+    # Issue 14: centre c, size k -> layers [c - k/2, c + k/2 - 1] for even k (the
+    # authors' code), [c - (k-1)/2, c + (k-1)/2] for odd k, clipped to [0, L).
+    for L in (6, 8, 32):
+        for k in range(1, 11):
+            for c in range(L):
+                lo, hi = (c - k // 2, c + k // 2 - 1) if k % 2 == 0 else (c - (k - 1) // 2, c + (k - 1) // 2)
+                assert list(window(c, k, L)) == list(range(max(0, lo), min(L - 1, hi) + 1)), (L, k, c)
     assert window(3, 2, 8) == range(2, 4) and window(0, 1, 4) == range(0, 1)
     assert [default_window(n) for n in (40, 32, 8, 6, 4, 2)] == [9, 9, 2, 2, 1, 1]
     assert bottom_up(2) == range(0, 3) and top_down(2, 8) == range(2, 8)
