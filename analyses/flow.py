@@ -18,10 +18,16 @@ and tables can be redrawn, and runs merged, without the model. Per sample
 (K options at most, E edge types, L layers):
 
     /acts/probs       [N, K]        clean option probabilities (NaN past a sample's options)
-    /acts/pred        [N, 1]        the option the model answers
+    /acts/pred        [N, 1]        the option letter of highest probability
+    /acts/top         [N, 2]        the vocabulary's argmax: token id, option (-1: none)
+    /acts/top_prob    [N, 1]        its probability
     /acts/kept        [N, 1]        1 if the sample entered the flow maps
     /acts/knockout    [N, E, L, K]  option probabilities with edge type e cut in the
                                     window around layer l (NaN when not kept)
+    /acts/knockout_top       [N, E, L]  the option that is the vocabulary's argmax
+                                        under it (-1: none, or not kept)
+    /acts/knockout_top_prob  [N, E, L]  the probability of the clean argmax token
+                                        under it (NaN when not kept)
     /acts/layerwise   [N, 4, L]     true, false, true_norm, false_norm option
                                     probability per layer (unless --no-layerwise)
     /acts/topk_ids@<readout>, /acts/topk_probs@<readout>, /results/lens/...
@@ -30,7 +36,17 @@ and tables can be redrawn, and runs merged, without the model. Per sample
 
 ``load_results`` -> flow / flow_answer {edge: [N, L]} % change of the ground
 truth's / the model's answer's probability, flow_correct, flow_acc (accuracy
-after knockout over the kept samples), baseline, kept, accuracy, layerwise.
+after knockout), baseline, kept, accuracy, layerwise.
+
+The model's answer (--answer-from): 'vocabulary' (the paper, default) the
+argmax over the whole vocabulary, right only if it is the true option's
+letter; 'letters' the argmax over the option letters. It decides which
+samples are kept (--samples correct), the clean accuracy, the accuracy after
+knockout and whose probability flow_answer follows (the argmax token's, as
+the paper's "relative_diff"). Accuracy after knockout (--accuracy-over):
+'all' (the paper, default) right answers of the kept samples divided by all
+samples (a sample not kept counts as wrong); 'kept' the mean over the kept
+samples. Both choices are in the file's configuration and on the figures.
 
 With --pathways or --find-pathways (all samples, whatever --samples says; R =
 --random-seeds), a later stage stores, with the request in its attributes
@@ -42,7 +58,9 @@ With --pathways or --find-pathways (all samples, whatever --samples says; R =
     /results/pathways/blocked         [N]    causal edges cut (summed over layers)
     /results/pathways/edge_share      [N]    share of causal edges kept
     /results/pathways/random_correct  [R, N] the same under the random-edge control
-    /results/pathways/random_blocked  [R, N] edges the control cut (= blocked)
+    /results/pathways/random_blocked  [R, N] edges the control cut (--random-control:
+                                             per-layer, the paper's: L x int(ratio
+                                             N(N+1)/2); uniform: = blocked)
     /results/pathways/search          [S, 10] --find-pathways steps: CF, VQ, QL, VL
                                              first/last (1-indexed; VL NaN if absent),
                                              accuracy, share kept
@@ -65,6 +83,8 @@ import sys
 
 import numpy as np
 
+from analyses.flow_pathways import PATHWAY_ARGS, add_pathway_arguments, pathway_request, pathway_stage  # noqa: F401
+
 DEFAULT_EDGES = ["cross_frame", "video_question", "video_last", "question_last"]
 EDGE_LABELS = {"cross_frame": "cross-frame", "video_question": "video -/-> question",
                "video_last": "video -/-> last", "question_last": "question -/-> last",
@@ -84,18 +104,40 @@ def rel_change(p_ko, p_base):
 # ---------------------------------------------------------------- the core
 
 LAYERWISE = ("true", "false", "true_norm", "false_norm")
+ANSWER_FROM = ("vocabulary", "letters")  # the paper's first
+ACCURACY_OVER = ("all", "kept")
+
+
+def _check_choices(answer_from: str, accuracy_over: str = "all") -> None:
+    if answer_from not in ANSWER_FROM:
+        raise ValueError(f"answer_from={answer_from!r}: expected one of {', '.join(ANSWER_FROM)}")
+    if accuracy_over not in ACCURACY_OVER:
+        raise ValueError(f"accuracy_over={accuracy_over!r}: expected one of {', '.join(ACCURACY_OVER)}")
+
+
+def top_option(top_ids, option_ids) -> np.ndarray:
+    """Vocabulary argmax token ids [...] -> the option whose letter each is (-1: none)."""
+    top_ids = np.asarray(top_ids)
+    out = np.full(top_ids.shape, -1, np.int64)
+    for j, t in enumerate(option_ids):
+        out[top_ids == t] = j
+    return out
 
 
 def sample_arrays(lm, inputs, layout, edge_names, k: int, samples_mode: str, layerwise: bool, n_options: int,
-                  lens=None) -> dict[str, np.ndarray]:
+                  lens=None, answer_from: str = "vocabulary") -> dict[str, np.ndarray]:
     """One sample's knockout sweep as the arrays the engine stores (K = n_options,
     the largest option count of the run; E edge types; L layers):
 
       probs      float32 [K]        clean option probabilities (NaN past its options)
-      pred       int [1]            the option the model answers
+      pred       int [1]            the option letter of highest probability
+      top        int [2]            the vocabulary's argmax: token id, option (-1: none)
+      top_prob   float32 [1]        its probability
       kept       int8 [1]           1 if the sample enters the flow maps
       knockout   float32 [E, L, K]  option probabilities with edge type e cut in
                                     window(l, k, L); NaN when not kept
+      knockout_top       int8 [E, L]     the vocabulary argmax's option under it (-1: none)
+      knockout_top_prob  float32 [E, L]  probability of the clean argmax token under it
       layerwise  float32 [4, L]     LAYERWISE probabilities per layer (if asked)
       topk_ids@<readout>, topk_probs@<readout>   the logit lens (if ``lens``)
     """
@@ -104,33 +146,46 @@ def sample_arrays(lm, inputs, layout, edge_names, k: int, samples_mode: str, lay
     from tracing.edges import edges
     from tracing.knockout import KnockoutRunner, window
 
+    _check_choices(answer_from)
     L, E = lm.n_layers, len(edge_names)
     runner = KnockoutRunner(lm, inputs, layout)
-    p0 = runner.clean().float().cpu().numpy()
+    ids = list(layout.option_ids)
+    full0 = torch.softmax(runner.clean_logits.float(), -1)
+    p0 = full0[ids].cpu().numpy()
+    top = int(full0.argmax())
     probs = np.full(n_options, np.nan, np.float32)
     probs[: len(p0)] = p0
     pred = int(np.argmax(p0))
-    out = {"probs": probs, "pred": np.array([pred])}
+    out = {"probs": probs, "pred": np.array([pred]), "top": np.array([top, top_option(top, ids)]),
+           "top_prob": np.array([full0[top].item()], np.float32)}
+    answer = int(out["top"][1]) if answer_from == "vocabulary" else pred
     if layerwise:
         lw = layerwise_probs(lm, inputs, layout, runner=runner)
         out["layerwise"] = np.stack([lw[n] for n in LAYERWISE]).astype(np.float32)
-    kept = samples_mode == "all" or pred == layout.answer
+    kept = samples_mode == "all" or answer == layout.answer
     ko = np.full((E, L, n_options), np.nan, np.float32)
+    ko_top, ko_top_p = np.full((E, L), -1, np.int8), np.full((E, L), np.nan, np.float32)
     if kept:
         conds = [(edges(e, layout), window(c, k, L)) for e in edge_names for c in range(L)]
         with torch.no_grad():
-            ko[..., : len(p0)] = runner.run(conds).float().cpu().numpy().reshape(E, L, -1)
-    out["kept"], out["knockout"] = np.array([kept], np.int8), ko
+            full = torch.softmax(runner.logits(conds).float(), -1)
+        ko[..., : len(p0)] = full[:, ids].cpu().numpy().reshape(E, L, -1)
+        ko_top[:] = top_option(full.argmax(-1).cpu().numpy(), ids).reshape(E, L)
+        ko_top_p[:] = full[:, top].cpu().numpy().reshape(E, L)
+    out.update(kept=np.array([kept], np.int8), knockout=ko, knockout_top=ko_top, knockout_top_prob=ko_top_p)
     if lens is not None:
         out.update(lens.arrays(inputs, layout)[0])
     return out
 
 
 def declare(lm, samples, edge_names=DEFAULT_EDGES, k: int | None = None, samples_mode: str = "correct",
-            layerwise: bool = True, lens=None, config: dict | None = None):
+            layerwise: bool = True, lens=None, config: dict | None = None, answer_from: str = "vocabulary",
+            accuracy_over: str = "all"):
     """Map the Flow on every sample as a run-engine declaration (one unit per
     sample, ``sample_arrays``). lens: an ``analyses.lens.LensUnits`` to store the
-    logit lens of the same forward passes."""
+    logit lens of the same forward passes. answer_from, accuracy_over: see the
+    module docstring (the paper's 'vocabulary', 'all' by default); both are
+    recorded in the configuration."""
     from analyses.run import Declaration, SkipUnit
     from tracing.inputs import build_sample_inputs
     from tracing.knockout import default_window
@@ -138,11 +193,13 @@ def declare(lm, samples, edge_names=DEFAULT_EDGES, k: int | None = None, samples
 
     if samples_mode not in ("correct", "all"):
         raise ValueError(f"samples_mode={samples_mode!r}: expected 'correct' or 'all'")
+    _check_choices(answer_from, accuracy_over)
     L = lm.n_layers
     k = default_window(L) if k is None else int(k)
     K, E = max(len(s.options) for s in samples), len(edge_names)
     shapes = {"probs": ((K,), "float32"), "pred": ((1,), "int64"), "kept": ((1,), "int8"),
-              "knockout": ((E, L, K), "float32")}
+              "knockout": ((E, L, K), "float32"), "top": ((2,), "int64"), "top_prob": ((1,), "float32"),
+              "knockout_top": ((E, L), "int8"), "knockout_top_prob": ((E, L), "float32")}
     if layerwise:
         shapes["layerwise"] = ((len(LAYERWISE), L), "float32")
     if lens is not None:
@@ -153,58 +210,103 @@ def declare(lm, samples, edge_names=DEFAULT_EDGES, k: int | None = None, samples
             inputs, layout = build_sample_inputs(lm, samples[i])
         except ValueError as e:
             raise SkipUnit(str(e)) from None
-        return sample_arrays(lm, inputs, layout, edge_names, k, samples_mode, layerwise, K, lens), \
+        return sample_arrays(lm, inputs, layout, edge_names, k, samples_mode, layerwise, K, lens, answer_from), \
             layout.to_dict(), {}
 
     units = [SampleMeta(s.id, s.task, int(s.answer), -1, {"question": s.question, "options": list(s.options)})
              for s in samples]
     cfg = {"edge_list": list(edge_names), "k": k, "samples": samples_mode, "layerwise": bool(layerwise),
+           "answer_from": answer_from, "accuracy_over": accuracy_over,
            **({} if lens is None else {"lens": lens.config}), **(config or {})}
     return Declaration("flow", cfg, units, compute, shapes=shapes, static=None if lens is None else lens.static,
                        describe="flow maps")
 
 
-def reduce(arrays: dict[str, np.ndarray], label: np.ndarray, edge_names, k: int) -> dict:
+def reduce(arrays: dict[str, np.ndarray], label: np.ndarray, edge_names, k: int, answer_from: str = "vocabulary",
+           accuracy_over: str = "all") -> dict:
     """The flow results from the per-sample arrays (``sample_arrays``, stacked
     over N samples) -> dict with (L layers, K options):
-      baseline [N, K], pred [N], label [N], kept [N] bool, n_options [N],
+      baseline [N, K], pred [N] (the answer by ``answer_from``; -1: the
+      vocabulary's argmax is no option letter), label [N], kept [N] bool,
+      n_options [N],
       flow / flow_answer: {edge: [N, L]} % change of the ground truth's / the
       answer's probability (NaN where not kept), flow_correct {edge: [N, L]}
-      (1 if the knocked-out model answers right), flow_acc {edge: [L]} (mean
-      over the kept samples), accuracy (clean, all samples), k, edges,
-      layerwise {'true', 'false', 'true_norm', 'false_norm': [N, L]} if stored."""
+      (1 if the knocked-out model answers right, by ``answer_from``; NaN where
+      not kept), flow_acc {edge: [L]} (the mean of ``accuracy_rows`` over all
+      samples), accuracy (clean, all samples), k, edges, answer_from,
+      accuracy_over, layerwise {'true', 'false', 'true_norm', 'false_norm':
+      [N, L]} if stored.
+    answer_from 'vocabulary': the answer is the vocabulary's argmax
+    (``knockout_top``) and flow_answer follows the clean argmax token
+    (``knockout_top_prob`` against ``top_prob``), whatever token it is;
+    'letters': the argmax over the option letters and its probability.
+    Arrays of files written before these choices (no ``top``) allow 'letters' only."""
+    _check_choices(answer_from, accuracy_over)
+    if answer_from == "vocabulary" and "knockout_top" not in arrays:
+        raise ValueError("answer_from='vocabulary' needs the stored vocabulary argmax (top, knockout_top): "
+                         "this file predates it; use answer_from='letters'")
     base = arrays["probs"].astype(float)
     N = len(base)
-    pred, kept = arrays["pred"][:, 0].astype(int), arrays["kept"][:, 0].astype(bool)
+    pred = (arrays["top"][:, 1] if answer_from == "vocabulary" else arrays["pred"][:, 0]).astype(int)
+    kept = arrays["kept"][:, 0].astype(bool)
     rows = np.arange(N)
     out = {"baseline": base, "pred": pred, "label": label, "kept": kept, "n_options": np.isfinite(base).sum(1),
            "flow": {}, "flow_answer": {}, "flow_correct": {}, "flow_acc": {},
-           "accuracy": float((pred == label).mean()), "k": k, "edges": list(edge_names)}
+           "accuracy": float((pred == label).mean()), "k": k, "edges": list(edge_names),
+           "answer_from": answer_from, "accuracy_over": accuracy_over}
     for j, e in enumerate(edge_names):
         p = arrays["knockout"][:, j].astype(float)  # [N, L, K]
         out["flow"][e] = rel_change(p[rows, :, label], base[rows, label][:, None])
-        out["flow_answer"][e] = rel_change(p[rows, :, pred], base[rows, pred][:, None])
-        correct = (np.nan_to_num(p, nan=-1.0).argmax(-1) == label[:, None]).astype(float)
+        if answer_from == "vocabulary":
+            top_p = arrays["top_prob"][:, :1].astype(float)
+            out["flow_answer"][e] = rel_change(arrays["knockout_top_prob"][:, j].astype(float), top_p)
+            answer = arrays["knockout_top"][:, j].astype(int)  # [N, L]
+        else:
+            out["flow_answer"][e] = rel_change(p[rows, :, pred], base[rows, pred][:, None])
+            answer = np.nan_to_num(p, nan=-1.0).argmax(-1)
+        correct = (answer == label[:, None]).astype(float)
         correct[~kept] = np.nan
         out["flow_correct"][e] = correct
-        out["flow_acc"][e] = np.nanmean(correct, 0) if kept.any() else np.full(p.shape[1], np.nan)
+    for e in edge_names:
+        vals = accuracy_rows(out, e, np.ones(N, bool))
+        out["flow_acc"][e] = vals.mean(0) if len(vals) else np.full(vals.shape[1], np.nan)
     if "layerwise" in arrays:
         out["layerwise"] = {n: arrays["layerwise"][:, i].astype(float) for i, n in enumerate(LAYERWISE)}
     return out
 
 
+def accuracy_rows(res: dict, edge: str, rows: np.ndarray) -> np.ndarray:
+    """The [n, L] 0/1 values whose mean over samples is the accuracy after
+    knockout of ``edge`` among ``rows`` (bool [N]), by res['accuracy_over']:
+    'all' (the paper): every row, a sample not kept counting as wrong (the
+    paper's right answers / all samples); 'kept': the kept rows only."""
+    c = res["flow_correct"][edge]
+    if res.get("accuracy_over", "kept") == "all":
+        return np.nan_to_num(c[rows], nan=0.0)
+    return c[rows & res["kept"]]
+
+
+def clean_accuracy(res: dict, rows: np.ndarray) -> float:
+    """Accuracy without knockout on the samples ``accuracy_rows`` averages over."""
+    m = rows if res.get("accuracy_over", "kept") == "all" else rows & res["kept"]
+    return float((res["pred"][m] == res["label"][m]).mean()) if m.any() else float("nan")
+
+
 def flow_maps(lm, samples, edge_names=DEFAULT_EDGES, k: int | None = None, samples_mode: str = "correct",
-              progress: bool = True, layerwise: bool = True) -> dict:
+              progress: bool = True, layerwise: bool = True, answer_from: str = "vocabulary",
+              accuracy_over: str = "all") -> dict:
     """The flow results of ``samples`` in memory, without a file (``run`` writes
     one): every sample's ``sample_arrays`` -> ``reduce``. With samples_mode
     'correct' only correctly answered samples enter the maps ('all': every one)."""
     from tqdm import tqdm
 
-    decl = declare(lm, samples, edge_names, k, samples_mode, layerwise)
+    decl = declare(lm, samples, edge_names, k, samples_mode, layerwise, answer_from=answer_from,
+                   accuracy_over=accuracy_over)
     per = [decl.compute(i)[0] for i in tqdm(range(len(samples)), desc="flow maps", unit="sample",
                                              disable=not progress)]
     arrays = {n: np.stack([x[n] for x in per]) for n in per[0]}
-    return reduce(arrays, np.array([int(s.answer) for s in samples]), edge_names, decl.config["k"])
+    return reduce(arrays, np.array([int(s.answer) for s in samples]), edge_names, decl.config["k"], answer_from,
+                  accuracy_over)
 
 
 def layerwise_probs(lm, inputs, layout, runner=None) -> dict[str, np.ndarray]:
@@ -231,9 +333,10 @@ def layerwise_probs(lm, inputs, layout, runner=None) -> dict[str, np.ndarray]:
     return out
 
 
-def full_block_accuracy(lm, samples, edge_name: str, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def full_block_accuracy(lm, samples, edge_name: str, progress: bool = False,
+                        answer_from: str = "vocabulary") -> tuple[np.ndarray, np.ndarray]:
     """Cut edge_name in every layer of every sample -> (correct [N] bool under
-    the knockout, clean correct [N] bool)."""
+    the knockout, clean correct [N] bool); the answer as ``answer_from``."""
     from tqdm import tqdm
 
     from tracing.inputs import build_sample_inputs
@@ -244,18 +347,24 @@ def full_block_accuracy(lm, samples, edge_name: str, progress: bool = False) -> 
     for s in tqdm(samples, desc=edge_name, disable=not progress):
         inputs, layout = build_sample_inputs(lm, s)
         r = KnockoutRunner(lm, inputs, layout)
-        p = r.run([(edges(edge_name, layout), range(lm.n_layers))])[0]
-        ko.append(int(p.argmax()) == s.answer)
-        clean.append(int(r.clean().argmax()) == s.answer)
+        ids = list(layout.option_ids)
+        for logits, to in ((r.logits([(edges(edge_name, layout), range(lm.n_layers))])[0], ko),
+                           (r.clean_logits, clean)):
+            a = int(top_option(int(logits.argmax()), ids)) if answer_from == "vocabulary" else \
+                int(logits[ids].argmax())
+            to.append(a == s.answer)
     return np.array(ko), np.array(clean)
 
 
 # ---------------------------------------------------------------- results file
 
-def load_results(path) -> dict:
+def load_results(path, accuracy_over: str | None = None) -> dict:
     """The flow results of the file at path -> ``reduce``'s dict (edges in run
     order), plus 'task' [N], 'tasks', 'model', 'config' and, when stored, the
-    pathway results ('pathways', with their request in 'attrs')."""
+    pathway results ('pathways', with their request in 'attrs'). The answer
+    rule and the accuracy's denominator are the run's (files written before
+    they were recorded: 'letters', 'kept'); ``accuracy_over`` redraws with the
+    other denominator."""
     from analyses.run import stored
     from tracing.store import CacheReader
 
@@ -263,9 +372,11 @@ def load_results(path) -> dict:
     if "knockout" not in r.hooks:
         raise KeyError(f"{path}: no flow results (it holds {r.hooks}); run python -m analyses.flow first")
     cfg = r.config
-    fills = {"probs": np.nan, "knockout": np.nan, "layerwise": np.nan, "pred": -1, "kept": 0}
+    fills = {"probs": np.nan, "knockout": np.nan, "layerwise": np.nan, "pred": -1, "kept": 0, "top": -1,
+             "top_prob": np.nan, "knockout_top": -1, "knockout_top_prob": np.nan}
     arrays = {n: stored(path, n, fill) for n, fill in fills.items() if n in r.hooks}
-    out = reduce(arrays, np.array(r.samples["label"]), cfg["edge_list"], cfg["k"])
+    out = reduce(arrays, np.array(r.samples["label"]), cfg["edge_list"], cfg["k"], cfg.get("answer_from", "letters"),
+                 accuracy_over or cfg.get("accuracy_over", "kept"))
     task = np.array(r.samples["task"]).astype(str)
     out.update(task=task, tasks=list(dict.fromkeys(task.tolist())), config=cfg, model=r.attrs.get("model"))
     names = r.results()
@@ -278,13 +389,15 @@ def load_results(path) -> dict:
 
 def run(lm, samples, out, edge_names=DEFAULT_EDGES, k: int | None = None, samples_mode: str = "correct",
         layerwise: bool = True, lens=None, dataset: str = "synthetic", config: dict | None = None,
-        overwrite: bool = False, progress: bool = True) -> dict:
+        overwrite: bool = False, progress: bool = True, answer_from: str = "vocabulary",
+        accuracy_over: str = "all") -> dict:
     """Map the Flow on every sample into the HDF5 file ``out`` on the run engine
     (resumable per sample; another configuration refused unless ``overwrite``)
-    -> load_results(out)."""
+    -> load_results(out). answer_from ('vocabulary' | 'letters') and
+    accuracy_over ('all' | 'kept'): as --answer-from and --accuracy-over."""
     from analyses import run as engine
 
-    decl = declare(lm, samples, edge_names, k, samples_mode, layerwise, lens, config)
+    decl = declare(lm, samples, edge_names, k, samples_mode, layerwise, lens, config, answer_from, accuracy_over)
     done = engine.run(decl, out, lm.name, lm.fingerprint, dataset, overwrite=overwrite, progress=progress)
     return load_results(done.path)
 
@@ -320,29 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "(use ';' inside one string for several span pairs)")
     ap.add_argument("--samples", default="correct", choices=["correct", "all"],
                     help="which samples enter the flow maps: the correctly answered ones (the paper) or all")
+    ap.add_argument("--answer-from", default="vocabulary", choices=ANSWER_FROM,
+                    help="the model's answer: the argmax over the whole vocabulary, right only if it is the true "
+                         "option's letter (the paper), or the argmax over the option letters; decides the kept "
+                         "samples, the accuracies and whose probability flow_answer follows")
+    ap.add_argument("--accuracy-over", default="all", choices=ACCURACY_OVER,
+                    help="accuracy after knockout: right answers of the kept samples over all samples, a sample not "
+                         "kept counting as wrong (the paper), or the mean over the kept samples")
     ap.add_argument("--no-layerwise", action="store_true",
                     help="skip the layer-wise answer probability (one extra forward per sample)")
-    pw = ap.add_argument_group("effective pathways (analyses/pathways.py; evaluated on all samples)")
-    pw.add_argument("--pathways", default=None, metavar="CF=a-b,VQ=c-d,QL=e-f[,VL=g-h]",
-                    help="keep cross-frame (CF), video->question (VQ) and question->last (QL) attention only in these "
-                         "layer ranges (1-indexed, inclusive, as in the paper: LLaVA-NeXT-7B CF=6-15,VQ=6-20,QL=16-25; "
-                         "'CF=3' is one layer); video->last and last->last are cut in every layer, video<->video after "
-                         "VQ ends, question<->question after QL ends; reports accuracy, share of edges kept and the "
-                         "random-edge control. Beyond the paper, an optional VL=g-h keeps video->last in g..h")
-    pw.add_argument("--find-pathways", action="store_true",
-                    help="propose the three ranges from the flow maps (needs cross_frame, video_question and "
-                         "question_last in --edges), then grow/shrink them greedily to the sparsest set whose "
-                         "accuracy is within --tolerance of the full model (deterministic; see "
-                         "analyses.pathways.find_pathways). If no three ranges can reach it and video_last is in "
-                         "--edges, a VL range joins")
-    pw.add_argument("--tolerance", type=float, default=2.0,
-                    help="--find-pathways: accuracy points (0-100) the pathways may lose against the full model")
-    pw.add_argument("--pathway-threshold", type=float, default=5.0,
-                    help="--find-pathways: %% drop of the answer's probability in the flow maps that puts a window "
-                         "centre into a stage's starting range")
-    pw.add_argument("--random-seeds", type=int, default=3,
-                    help="seeds of the random-edge control (same number of causal edges cut at random among positions "
-                         ">= the first video token); 0: no control")
+    add_pathway_arguments(ap)
     lens = ap.add_argument_group("logit lens on video tokens (analyses/lens.py; also python -m analyses.lens)")
     lens.add_argument("--lens", action="store_true",
                       help="also run the logit lens on the video tokens (residual stream entering each layer against "
@@ -352,51 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="word lists: a preset ('synthetic', 'paper'; auto picks by --dataset), "
                            "'spatial=left,right;temporal=first,then', or a JSON file {list: [words]}")
     return ap
-
-
-# Arguments of the pathways step: recorded with its results, not in the file's
-# configuration, so that a file of flow maps can be extended with pathways.
-PATHWAY_ARGS = ("pathways", "find_pathways", "tolerance", "pathway_threshold", "random_seeds")
-
-
-def pathway_request(a, given=None) -> dict | None:
-    """What the pathways step of this run computes (None: nothing); compared
-    with the request stored in the file on resume."""
-    if not (a.pathways or a.find_pathways):
-        return None
-    req = {"find": bool(a.find_pathways), "random_seeds": int(a.random_seeds), "seed": int(a.seed)}
-    if a.find_pathways:
-        req.update(tolerance=float(a.tolerance), threshold=float(a.pathway_threshold))
-    else:
-        req["given"] = str(given)
-    return req
-
-
-def pathway_results(ev: dict, request: dict, n_layers: int, found: dict | None = None) -> dict:
-    """``analyses.pathways.evaluate``'s output (and the search) -> {name: (array,
-    attrs)} for /results/pathways/ (the engine's ``later_stage`` writes them)."""
-    from analyses.pathways import TRACE_COLUMNS, parse_pathways, trace_array
-
-    p = parse_pathways(ev["pathways"])
-    attrs = {"request": request, "find": request["find"], "pathways": ev["pathways"], "ranges": p.to_dict(),
-             "indexing": "1-indexed, inclusive", "seeds": ev["seeds"], "n_layers": n_layers,
-             "tolerance": request.get("tolerance"), "threshold": request.get("threshold")}
-    if found is not None:
-        attrs["within_tolerance"] = bool(found["within_tolerance"])
-    out = {}
-    for name in ("probs", "correct", "clean_correct", "blocked", "edge_share", "random_correct", "random_blocked"):
-        arr = ev[name]
-        out[name] = (arr.astype(np.int8) if arr.dtype == bool else arr, attrs)
-    if found is not None:
-        out["search"] = (trace_array(found["trace"]),
-                         {**attrs, "steps": [t["step"] for t in found["trace"]], "columns": TRACE_COLUMNS})
-    acc = ev["accuracy"]
-    r = np.asarray(acc["random"], dtype=float)
-    summary = np.array([acc["full"], acc["pathways"], r.mean() if r.size else np.nan,
-                        r.std() if r.size else np.nan, float(ev["edge_share"].mean())])
-    out["summary"] = (summary, {**attrs, "columns": ["accuracy full", "accuracy pathways", "accuracy random (mean)",
-                                                     "accuracy random (sd)", "edge share kept"]})
-    return out
 
 
 def prepare(argv):
@@ -418,6 +473,8 @@ def prepare(argv):
                          "finds them)")
     if a.tolerance < 0 or a.random_seeds < 0:
         raise UsageError("--tolerance and --random-seeds must be >= 0")
+    if a.random_ratio is not None and (not 0 < a.random_ratio <= 1 or a.random_control != "per-layer"):
+        raise UsageError(f"--random-ratio {a.random_ratio}: a share in (0, 1], for --random-control per-layer")
     if a.find_pathways:
         missing = [STAGE_EDGES[s] for s in STAGES if STAGE_EDGES[s] not in edge_names]
         if missing:
@@ -453,9 +510,11 @@ def prepare(argv):
                                   lens_mod.parse_words(a.lens_words, a.dataset), warn=False)
     # what the declaration records itself, and what is not a result's setting, is left out
     config = {kk: v for kk, v in run_config(a).items()
-              if kk not in PATHWAY_ARGS + ("edges", "window", "samples", "no_layerwise", "lens", "lens_words", "given")}
+              if kk not in PATHWAY_ARGS + ("edges", "window", "samples", "no_layerwise", "lens", "lens_words", "given",
+                                           "answer_from", "accuracy_over")}
     torch.manual_seed(a.seed)
-    decl = declare(lm, samples, edge_names, k, a.samples, not a.no_layerwise, lens, config)
+    decl = declare(lm, samples, edge_names, k, a.samples, not a.no_layerwise, lens, config, a.answer_from,
+                   a.accuracy_over)
     a.samples_list = samples
     return Prepared(lm, decl, a.dataset, a, out)
 
@@ -464,32 +523,16 @@ def main(argv=None) -> dict:
     from analyses import run as engine
     from analyses.cli import figures_dir
     from analyses.flow_figures import pathways_table, save_figures, table
-    from analyses.pathways import STAGE_EDGES, SampleSet, evaluate, find_pathways
 
     argv = sys.argv[1:] if argv is None else list(argv)
     p = prepare(argv)
     a, lm, out, samples = p.args, p.lm, p.out, p.args.samples_list
-    progress = not a.no_progress
     engine.run(p.decl, out, lm.name, lm.fingerprint, p.dataset, **engine.engine_options(a, "analyses.flow", argv))
     res = load_results(out)
     request = pathway_request(a, a.given)
     if request is not None:
-        def compute():
-            ss = SampleSet(lm, samples, progress=progress)
-            found = None
-            if a.find_pathways:
-                kept = np.asarray(res["kept"], bool)
-                curves = {s: (np.nanmean(np.asarray(res["flow"][e])[kept], 0) if kept.any()
-                              else np.zeros(lm.n_layers)) for s, e in STAGE_EDGES.items() if e in res["flow"]}
-                found = find_pathways(ss, curves, a.tolerance, a.pathway_threshold,
-                                      log=lambda m: print(m, file=sys.stderr))
-                chosen = found["pathways"]
-            else:
-                chosen = a.given
-            ev = evaluate(ss, chosen, seeds=range(a.random_seeds), seed_base=a.seed)
-            return pathway_results(ev, request, lm.n_layers, found)
-
-        engine.later_stage(out, "pathways", request, compute, overwrite=a.overwrite)
+        engine.later_stage(out, "pathways", request, lambda: pathway_stage(a, lm, samples, res, request),
+                           overwrite=a.overwrite)
         res = load_results(out)
     figures = figures_dir(a, out)
     paths = save_figures(res, figures)

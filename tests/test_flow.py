@@ -54,11 +54,14 @@ def test_tiny_run_writes_file_and_figures(tiny_run, tiny):
     assert r.samples["complete"].all()
     K = r.acts("probs").shape[1]
     assert r.acts("knockout").shape == (N, len(TINY_EDGES), L, K) and r.acts("layerwise").shape == (N, 4, L)
+    assert r.acts("knockout_top").shape == r.acts("knockout_top_prob").shape == (N, len(TINY_EDGES), L)
     for e in TINY_EDGES:
         for g in ("flow", "flow_answer", "flow_correct"):
             assert res[g][e].shape == (N, L)
         assert res["flow_acc"][e].shape == (L,)
     assert r.config["k"] == 2 and r.config["samples"] == "all" and r.config["edge_list"] == TINY_EDGES
+    # the paper's choices by default, recorded in the configuration
+    assert r.config["answer_from"] == "vocabulary" and r.config["accuracy_over"] == "all"
     assert res["kept"].all()  # --samples all
     np.testing.assert_allclose(np.nansum(res["baseline"], 1) <= 1 + 1e-5, True)
     # video -/-> last never changes anything before the last position: a window
@@ -70,33 +73,101 @@ def test_tiny_run_writes_file_and_figures(tiny_run, tiny):
             assert (figs / (stem + ext)).stat().st_size > 1000
 
 
-def _probs_plain(lm, inputs, layout, edge_set=None, layers=()):
+def _probs_plain(lm, inputs, layout, edge_set=None, layers=(), vocabulary=False):
     with torch.no_grad():
         if edge_set is None:
             logits = lm.model(**inputs).logits[0, layout.last]
         else:
             with knockout(lm, layout, edge_set, layers):
                 logits = lm.model(**inputs).logits[0, layout.last]
-    return torch.softmax(logits.float(), -1)[layout.option_ids].numpy()
+    p = torch.softmax(logits.float(), -1)
+    return p.numpy() if vocabulary else p[layout.option_ids].numpy()
 
 
 def test_flow_value_equals_a_plain_forward_under_knockout(tiny_run, tiny):
     """Independent recomputation: a full forward of the model with the
-    knockout() context manager (not the KnockoutRunner), for one sample."""
+    knockout() context manager (not the KnockoutRunner), for one sample.
+    The answer is the paper's (the default): the argmax over the whole
+    vocabulary, right only if it is the true option's letter; flow_answer
+    follows that token's probability (the paper's relative_diff)."""
     res, out = tiny_run
     samples = load_dataset("synthetic", n_frames=TINY_FRAMES, limit=TINY_LIMIT, tasks=TINY_TASKS, seed=0).samples
     L = tiny.n_layers
     for i, e, c in ((0, "video->question,trailing,last", 1), (1, "cross_frame", 0), (2, "video_last", L - 1)):
         s = samples[i]
         inputs, layout = build_sample_inputs(tiny, s)
-        p0 = _probs_plain(tiny, inputs, layout)
+        v0 = _probs_plain(tiny, inputs, layout, vocabulary=True)
+        p0 = v0[layout.option_ids]
         np.testing.assert_allclose(res["baseline"][i, : len(p0)], p0, rtol=1e-4, atol=1e-6)
-        p = _probs_plain(tiny, inputs, layout, edges(e, layout), window(c, 2, L))
+        v = _probs_plain(tiny, inputs, layout, edges(e, layout), window(c, 2, L), vocabulary=True)
+        p = v[layout.option_ids]
         want = (p[s.answer] - p0[s.answer]) / p0[s.answer] * 100
         assert res["flow"][e][i, c] == pytest.approx(want, rel=1e-3, abs=1e-3)
-        a = int(np.argmax(p0))
-        assert res["flow_answer"][e][i, c] == pytest.approx((p[a] - p0[a]) / p0[a] * 100, rel=1e-3, abs=1e-3)
-        assert res["flow_correct"][e][i, c] == float(np.argmax(p) == s.answer)
+        top = int(np.argmax(v0))
+        assert res["flow_answer"][e][i, c] == pytest.approx((v[top] - v0[top]) / v0[top] * 100, rel=1e-3, abs=1e-3)
+        assert res["flow_correct"][e][i, c] == float(np.argmax(v) == layout.option_ids[s.answer])
+        letter = layout.option_ids.index(top) if top in layout.option_ids else -1
+        assert res["pred"][i] == letter
+
+
+def _reduce_case():
+    """Four samples, one edge type, two layers, three options, by hand: the
+    labels, the clean letter/vocabulary answers, the answers under knockout."""
+    label = np.array([0, 1, 2, 0])
+    probs = np.array([[.5, .3, .2], [.2, .6, .2], [.5, .3, .2], [.4, .4, .2]])
+    letters_pred = probs.argmax(1)  # [0, 1, 0, 0]: samples 0, 1, 3 right by the letters
+    top_option = np.array([0, -1, 0, 0])  # sample 1's vocabulary argmax is no letter
+    ko = np.array([[[.1, .8, .1], [.6, .2, .2]], [[.1, .1, .8], [.2, .7, .1]],
+                   [[.3, .3, .4], [.3, .3, .4]], [[.2, .3, .5], [.7, .2, .1]]])  # [N, L, K]
+    ko_top = np.array([[1, 0], [-1, 1], [2, 2], [2, -1]])  # the vocabulary argmax's option under knockout
+    ko_top_p = np.array([[.05, .5], [.01, .02], [.1, .1], [.1, .3]])
+    top_p = np.array([.4, .05, .3, .3])
+    return label, probs, letters_pred, top_option, ko, ko_top, ko_top_p, top_p
+
+
+@pytest.mark.parametrize("answer_from", ["vocabulary", "letters"])
+@pytest.mark.parametrize("accuracy_over", ["all", "kept"])
+def test_reduce_answer_and_accuracy_as_the_paper(answer_from, accuracy_over):
+    """reduce against the paper's bookkeeping written out: keep a sample if
+    its answer is right (--samples correct); accuracy after knockout = right
+    answers of the kept samples / all samples ('all') or / kept ('kept')."""
+    label, probs, letters_pred, top_option, ko, ko_top, ko_top_p, top_p = _reduce_case()
+    N, L = len(label), 2
+    pred = top_option if answer_from == "vocabulary" else letters_pred
+    kept = pred == label  # vocabulary: samples 0, 3; letters: samples 0, 1, 3
+    arrays = {"probs": probs, "pred": letters_pred[:, None], "kept": kept[:, None].astype(np.int8),
+              "knockout": np.where(kept[:, None, None, None], ko[:, None], np.nan),
+              "top": np.stack([np.full(N, 7), top_option], 1), "top_prob": top_p[:, None],
+              "knockout_top": np.where(kept[:, None, None], ko_top[:, None], -1),
+              "knockout_top_prob": np.where(kept[:, None, None], ko_top_p[:, None], np.nan)}
+    res = flow.reduce(arrays, label, ["e"], 2, answer_from, accuracy_over)
+    assert res["accuracy"] == (0.5 if answer_from == "vocabulary" else 0.75)
+    assert (res["pred"] == pred).all()
+    for l in range(L):
+        right = 0
+        for i in range(N):
+            if not kept[i]:
+                continue
+            after = ko_top[i, l] if answer_from == "vocabulary" else int(np.argmax(ko[i, l]))
+            right += int(after == label[i])
+            assert res["flow_correct"]["e"][i, l] == float(after == label[i])
+            base = top_p[i] if answer_from == "vocabulary" else probs[i, pred[i]]
+            now = ko_top_p[i, l] if answer_from == "vocabulary" else ko[i, l, pred[i]]
+            assert res["flow_answer"]["e"][i, l] == pytest.approx((now - base) / base * 100)
+        want = right / (N if accuracy_over == "all" else kept.sum())
+        assert res["flow_acc"]["e"][l] == pytest.approx(want)
+    assert np.isnan(res["flow_correct"]["e"][~kept]).all()
+    assert res["answer_from"] == answer_from and res["accuracy_over"] == accuracy_over
+    # the figures say which was used
+    res.update(task=np.array(["t"] * N), tasks=["t"], model="m", config={"samples": "correct"})
+    fig = flow_figures.plot_accuracy(res)
+    texts = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert ("argmax over the vocabulary" if answer_from == "vocabulary" else "argmax over the option letters") in texts
+    assert ("accuracy over all samples" if accuracy_over == "all" else "accuracy over the kept samples") in texts
+    assert fig.axes[0].get_title() == f"t (n={N if accuracy_over == 'all' else kept.sum()})"
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def test_pathways_through_the_cli_against_hand_masks(tiny_run, tiny):
@@ -108,10 +179,18 @@ def test_pathways_through_the_cli_against_hand_masks(tiny_run, tiny):
     res, out = tiny_run
     pw = res["pathways"]
     assert pw["attrs"]["pathways"] == TINY_PATHWAYS and pw["attrs"]["seeds"] == [0, 1]
-    assert pw["attrs"]["request"] == {"find": False, "given": TINY_PATHWAYS, "random_seeds": 2, "seed": 0}
+    assert pw["attrs"]["request"] == {"find": False, "given": TINY_PATHWAYS, "random_seeds": 2, "seed": 0,
+                                      "random_control": "per-layer"}
     samples = load_dataset("synthetic", n_frames=TINY_FRAMES, limit=TINY_LIMIT, tasks=TINY_TASKS, seed=0).samples
     eager = load_model(TINY, attn="eager")
     L = eager.n_layers
+    # The paper's random control (the default): in every layer int(ratio * N(N+1)/2)
+    # edges, ratio = the share the pathways cut over all samples.
+    Ts = [build_sample_inputs(eager, s)[1].n_tokens for s in samples]
+    ratio = pw["blocked"].sum() / sum(L * T * (T + 1) / 2 for T in Ts)
+    assert pw["attrs"]["random_control"] == "per-layer" and pw["attrs"]["random_ratio"] == pytest.approx(ratio)
+    for i, T in enumerate(Ts):
+        assert (pw["random_blocked"][:, i] == L * int(pw["attrs"]["random_ratio"] * T * (T + 1) / 2)).all()
     ranges = ((2, 3), (2, 5), (4, 6))
     for i in (0, 3):
         inputs, layout = build_sample_inputs(eager, samples[i])
@@ -121,11 +200,63 @@ def test_pathways_through_the_cli_against_hand_masks(tiny_run, tiny):
         assert pw["correct"][i] == (np.argmax(p) == samples[i].answer)
         cut = sum(int((~a).tril().sum()) for a in allowed)
         T = layout.n_tokens
-        assert pw["blocked"][i] == cut and (pw["random_blocked"][:, i] == cut).all()
+        assert pw["blocked"][i] == cut
         assert pw["edge_share"][i] == pytest.approx(1 - cut / (L * T * (T + 1) / 2))
     assert pw["summary"][1] == pytest.approx(pw["correct"].mean())
     assert pw["summary"][2] == pytest.approx(pw["random_correct"].mean())
     assert "effective pathways " + TINY_PATHWAYS in flow_figures.pathways_table(res)
+
+
+def test_per_layer_random_control_counts_as_the_paper():
+    """The paper's random control: in every layer int(ratio * N(N+1)/2)
+    causal entries cut, all among first video token <= key <= query < N,
+    drawn afresh per layer, the same for the same seed."""
+    from test_knockout import small_layout
+
+    from analyses.flow_figures import random_label
+    from analyses.flow_pathways import per_layer_random_knockout
+    from tracing.edges import union_blocked
+
+    lay, L = small_layout(), 4
+    N, v0 = lay.n_tokens, lay.video.start
+    for ratio in (0.3, 0.58, 0.7):
+        want = int(ratio * N * (N + 1) / 2)
+        cond = per_layer_random_knockout(lay, ratio, L, seed=(0, 1, 2))
+        cuts = [union_blocked(cond.at(l), 0, N, N) & torch.ones(N, N, dtype=torch.bool).tril() for l in range(L)]
+        assert [int(c.sum()) for c in cuts] == [want] * L
+        for c in cuts:
+            q, k = torch.nonzero(c, as_tuple=True)
+            assert (k >= v0).all() and (k <= q).all()
+        assert any(not torch.equal(cuts[0], c) for c in cuts[1:])  # a fresh draw per layer
+        again = per_layer_random_knockout(lay, ratio, L, seed=(0, 1, 2))
+        assert all(torch.equal(union_blocked(again.at(l), 0, N, N), union_blocked(cond.at(l), 0, N, N))
+                   for l in range(L))
+    with pytest.raises(ValueError, match="available after the first video token"):
+        per_layer_random_knockout(lay, 0.9, L, seed=0)  # 94 > 78 entries at or after the video
+    assert random_label({"pathways": {"attrs": {"random_control": "per-layer", "random_ratio": 0.58}}}) == \
+        "random edges cut (per layer, ratio 0.580)"
+
+
+def test_figures_label_the_layers_each_window_cuts():
+    """Tick labels = the layers (1-indexed) of window(c, k, L), written out
+    here as the authors' code has it: range(max(0, c - k//2), min(L, c - (-k//2)))."""
+    import matplotlib.pyplot as plt
+
+    for L, k in ((6, 2), (8, 3), (32, 9), (32, 4)):
+        for c in range(L):
+            a, b = max(0, c - k // 2), min(L, c - (-k // 2)) - 1
+            assert flow_figures.window_label(c, k, L) == (f"{a + 1}" if a == b else f"{a + 1}-{b + 1}")
+    N, L = 3, 6
+    z = np.zeros((N, L))
+    res = {"tasks": ["t"], "task": np.array(["t"] * N), "kept": np.ones(N, bool), "edges": ["e"], "k": 2,
+           "flow": {"e": z}, "flow_answer": {"e": z}, "flow_correct": {"e": z}, "pred": np.zeros(N, int),
+           "label": np.zeros(N, int), "answer_from": "vocabulary", "accuracy_over": "all", "model": "m"}
+    for fig in (flow_figures.plot_flow(res), flow_figures.plot_accuracy(res)):
+        ax = fig.axes[0]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "1-2", "2-3", "3-4", "4-5", "5-6"]
+        assert ax.get_xlabel() == "layers cut (window of 2)"
+        plt.close(fig)
+    assert "0.0 @1 (1)" in flow_figures.table({**res, "accuracy": 1.0})
 
 
 from _notebooks import run_notebook  # noqa: E402
@@ -179,20 +310,26 @@ def test_cli_refuses_resumes_and_overwrites(tiny_run, tmp_path, monkeypatch, cap
     # pathways of another request are refused, then replaced with --overwrite.
     monkeypatch.setattr(flow, "sample_arrays", _boom)
     other = "CF=1-2,VQ=1-3,QL=2-4"
+    uniform = ["--random-control", "uniform"]  # chronolens's earlier control, kept as an option
     with pytest.raises(RunError) as e:
-        flow.main(base + ["--pathways", other, "--random-seeds", "2"])
+        flow.main(base + ["--pathways", other, "--random-seeds", "2"] + uniform)
     assert "pathways.given: 'CF=2-3,VQ=2-5,QL=4-6' (in file) vs 'CF=1-2,VQ=1-3,QL=2-4' (this run)" in str(e.value)
+    assert "pathways.random_control: 'per-layer' (in file) vs 'uniform' (this run)" in str(e.value)
     assert out.read_bytes() == before
     capsys.readouterr()
-    res = flow.main(base + ["--pathways", other, "--random-seeds", "2", "--overwrite"])
+    res = flow.main(base + ["--pathways", other, "--random-seeds", "2", "--overwrite"] + uniform)
     assert "resuming, 4 of 4 units already complete" in capsys.readouterr().err
     assert res["pathways"]["attrs"]["pathways"] == other
+    pw = res["pathways"]
+    assert pw["attrs"]["random_control"] == "uniform" and pw["attrs"]["random_ratio"] is None
+    assert (pw["random_blocked"] == pw["blocked"][None]).all()  # as many edges as the pathways cut
+    assert "uniform over layers" in flow_figures.pathways_table(res)
     old = flow.load_results(src)
     for e_ in TINY_EDGES:
         np.testing.assert_array_equal(res["flow"][e_], old["flow"][e_])
     # The same request again: nothing to do.
     monkeypatch.setattr(P, "SampleSet", _boom)
-    flow.main(base + ["--pathways", other, "--random-seeds", "2"])
+    flow.main(base + ["--pathways", other, "--random-seeds", "2"] + uniform)
     assert "pathways results of this request complete, not recomputed" in capsys.readouterr().err
     monkeypatch.undo()
 
@@ -200,7 +337,7 @@ def test_cli_refuses_resumes_and_overwrites(tiny_run, tmp_path, monkeypatch, cap
     # end; a run that dies first leaves the old file as it was, and a rerun
     # resumes beside it.
     cheap = TINY_ARGS[:-5] + ["--edges", "video_last", "--window", "3", "--no-layerwise", "--no-progress",
-                              "--out", str(out)]
+                              "--answer-from", "letters", "--accuracy-over", "kept", "--out", str(out)]
     before = out.read_bytes()
     real, calls = flow.sample_arrays, []
 
@@ -219,6 +356,9 @@ def test_cli_refuses_resumes_and_overwrites(tiny_run, tmp_path, monkeypatch, cap
     res = flow.main(cheap + ["--overwrite"])
     r = CacheReader(out)
     assert r.config["k"] == 3 and r.config["edge_list"] == ["video_last"] and "pathways" not in res
+    assert r.config["answer_from"] == "letters" and r.config["accuracy_over"] == "kept"
+    assert res["answer_from"] == "letters" and res["accuracy_over"] == "kept"
+    assert "argmax over the option letters" in flow_figures.table(res)
     assert not any(n.startswith("pathways/") for n in r.results()) and not beside(out).exists()
 
 
