@@ -2,28 +2,129 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
 import json
+import os
 import sys
 
 from tasks.datasets import DATASETS, load_dataset
 from tracing.registry import available, load_model, pixel_budget
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every CLI's --help: a flag's default is appended as "(default: X)" unless
+    its help already says what the default is, or there is none to show (None,
+    an on/off switch, a suppressed default)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or not action.option_strings or action.nargs == 0
+                or any(action.default is x for x in (None, False, argparse.SUPPRESS))):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """HelpFormatter with the description printed as written (a module docstring)."""
+
+
+# ---------------------------------------------------------------- paths the user typed
+
+def caller_dir() -> Path | None:
+    """The folder the user ran ``./with-venv`` from, when it matters: with-venv
+    changes into the repository before it starts the command, and exports the
+    caller's folder and its own process id (the command keeps it: exec). None
+    when this process is not that command, or has changed folder since; then
+    relative paths are relative to the working directory, as usual."""
+    where, pid = os.environ.get("CHRONOLENS_CALLER_DIR"), os.environ.get("CHRONOLENS_CALLER_PID")
+    if not where or pid != str(os.getpid()):
+        return None
+    try:
+        if Path.cwd().resolve() != REPO:
+            return None
+    except OSError:
+        return None
+    return Path(where)
+
+
+def user_path(text: str | None) -> str | None:
+    """A path given on the command line, relative to where the user stands (see
+    ``caller_dir``); an absolute path, or a relative one when the user stands
+    where the process runs, is returned as given."""
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    base = caller_dir()
+    if path.is_absolute() or base is None or base.resolve() == Path.cwd().resolve():
+        return str(path) if str(text).startswith("~") else text
+    return str(base / path)
+
+
+def user_model(text: str) -> str:
+    """--model: a registry name or hub id as given; a checkpoint folder relative
+    to where the user stands (``user_path``) when there is one."""
+    if text in available():
+        return text
+    found = user_path(text)
+    return found if found != text and Path(found).is_dir() else text
+
+
+PATH_FLAGS = ("--model", "--out", "--figures", "--data-dir")
+
+
+def worker_argv(argv: list[str], a) -> list[str]:
+    """``argv`` for a process that parses it again (a Ray worker) with the path
+    flags as this process resolved them (``user_path``): the worker does not
+    know where the user stood."""
+    extra = []
+    for flag in PATH_FLAGS:
+        value = getattr(a, flag[2:].replace("-", "_"), None)
+        if value is not None:
+            extra.append(f"{flag}={value}")
+    return list(argv) + extra
+
+
+# ---------------------------------------------------------------- library modules run as commands
+
+def not_a_command(module: str, what: str, use: list[tuple[str, str]], argv: list[str] | None = None) -> int:
+    """``python -m <module>`` of a library module: ``--help`` says what it is and
+    which commands run it (exit 0); anything else says so on stderr, exit 2.
+    use: [(command, what it does)]."""
+    import textwrap
+
+    commands = "\n".join(f"  {cmd}\n" + textwrap.fill(why, 79, initial_indent=" " * 6, subsequent_indent=" " * 6)
+                         for cmd, why in use)
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 description=textwrap.fill(f"{module} is a library module, not a command: {what}", 79),
+                                 epilog=f"run instead:\n{commands}")
+    ap.parse_known_args(argv)  # --help prints the above and exits 0
+    print(f"{module} is a library module, not a command; run instead:\n{commands}", file=sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------- the shared flags
+
 def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16,
                   text_datasets: bool = False) -> argparse.ArgumentParser:
     """The shared flags. ``text_datasets``: the analysis also takes
-    ``--dataset reasoning`` (tasks/reasoning.py word problems, text models)."""
-    ap = argparse.ArgumentParser(prog=prog, description=description,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", default="organism",
+    ``--dataset reasoning`` (tasks/reasoning.py word problems, text models).
+    Relative --out, --figures, --data-dir and --model folders are relative to
+    where the user stands (``user_path``, ``user_model``)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    analysis = prog.rsplit(".", 1)[-1] if prog.startswith("python -m analyses.") else "<analysis>"
+    ap.add_argument("--model", default="organism", type=user_model,
                     help=f"registry name ({', '.join(available())}), a hub id, or a local checkpoint folder")
     text = " or reasoning (temporal word problems with their solutions, for text models; --tasks picks families " \
            "and --limit counts per family)" if text_datasets else ""
     choices = sorted(DATASETS) + (["reasoning"] if text_datasets else [])
     ap.add_argument("--dataset", default="synthetic", choices=choices,
                     help=f"synthetic (rendered here), or a local copy of tomato / tvbench (see --data-dir){text}")
-    ap.add_argument("--data-dir", default=None, help="folder holding the benchmark's annotations and videos")
+    ap.add_argument("--data-dir", default=None, type=user_path,
+                    help="folder holding the benchmark's annotations and videos (tomato / tvbench)")
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: the dataset's own set)")
     ap.add_argument("--frames", type=int, default=frames, help="frames sampled uniformly from each video")
     ap.add_argument("--limit", type=_limit, default=limit,
@@ -35,13 +136,16 @@ def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16,
     ap.add_argument("--video-pixels", default=None, type=pixel_budget, metavar="MIN,MAX",
                     help="Qwen families: pixels per frame after resizing, e.g. 100352,602112 (default: the "
                          "checkpoint's video processor, else Hugging Face's video defaults 128*28*28,768*28*28)")
-    ap.add_argument("--out", default=None, help="HDF5 output file (default: cache/<analysis>-<model>-<dataset>.h5)")
+    ap.add_argument("--out", default=None, type=user_path,
+                    help=f"HDF5 output file (default: cache/{analysis}-<model>-<dataset>.h5, in the repository's "
+                         f"cache/ when run through with-venv)")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an existing --out written with another configuration (without it such a file is "
                          "refused, and one of this configuration is resumed)")
-    ap.add_argument("--figures", default=None,
+    ap.add_argument("--figures", default=None, type=user_path,
                     help="folder for the figures, PNG and PDF (default: next to --out, <out stem>_figures)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress bars (the run's, and transformers' while it loads the weights)")
     ap.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
     ap.add_argument("--workers", type=int, default=0,
                     help="run the samples on N Ray workers (a local Ray instance started for the run; each worker "
@@ -57,11 +161,10 @@ def common_parser(prog: str, description: str, frames: int = 8, limit: int = 16,
 PRESENTATION = ("out", "overwrite", "figures", "no_progress", "debug", "workers", "ray_address")
 
 
-def figures_dir(a, out) -> "Path":
-    from pathlib import Path
-
-    out = Path(out)
-    return Path(a.figures) if a.figures else out.with_name(out.stem + "_figures")
+def figures_dir(a, out) -> Path:
+    """The figures' folder, absolute (the "wrote" lines show it)."""
+    out = Path(out).absolute()
+    return Path(a.figures).expanduser().absolute() if a.figures else out.with_name(out.stem + "_figures")
 
 
 def _limit(text: str) -> int | None:
@@ -112,11 +215,32 @@ def load_data(a, n_frames: int | None = None, **kw):
 
 
 def load_from_args(a, attn: str = "sdpa"):
-    return load_model(a.model, device=a.device, dtype=a.dtype, attn=attn, device_map=a.device_map,
-                      video_pixels=a.video_pixels)
+    with progress_bars(not getattr(a, "no_progress", False)):
+        return load_model(a.model, device=a.device, dtype=a.dtype, attn=attn, device_map=a.device_map,
+                          video_pixels=a.video_pixels)
+
+
+@contextmanager
+def progress_bars(show: bool = True):
+    """With ``show`` False, transformers' and huggingface_hub's own progress bars
+    (the "Loading weights" bar of ``from_pretrained``, downloads) are off inside
+    the block, and back as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if show or not was:
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def default_out(analysis: str, a) -> str:
+    """--out, or cache/<analysis>-<model>-<dataset>.h5 (relative to the
+    working directory: the repository under with-venv)."""
     return a.out or f"cache/{analysis}-{a.model.strip('/').replace('/', '_')}-{a.dataset}.h5"
 
 

@@ -96,11 +96,14 @@ class Prepared:
 
 
 def engine_options(a, module: str, argv: list[str]) -> dict:
-    """The engine's keyword arguments from the shared CLI flags."""
+    """The engine's keyword arguments from the shared CLI flags. The workers
+    parse ``argv`` again, with the paths as this process resolved them."""
+    from analyses.cli import worker_argv
+
     # one GPU per actor when the model runs on CUDA (Ray then shows each actor its own device)
     gpus = 1 if str(a.device).startswith("cuda") and not a.device_map else 0
     return dict(overwrite=a.overwrite, progress=not a.no_progress, workers=a.workers, ray_address=a.ray_address,
-                job=(module, list(argv)), gpus_per_worker=gpus)
+                job=(module, worker_argv(argv, a)), gpus_per_worker=gpus)
 
 
 @dataclass

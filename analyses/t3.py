@@ -370,12 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
         if act.dest in ("dataset", "data_dir", "limit"):
             act.help = argparse.SUPPRESS
         elif act.dest == "tasks":
-            act.help = f"comma-separated T3 tasks; None: all of {','.join(T3_TASKS)}"
+            act.help = f"comma-separated T3 tasks (default: all of {','.join(T3_TASKS)})"
         elif act.dest == "frames":
             act.help = "frames rendered per clip"
         elif act.dest == "out":
-            act.help = ("HDF5 file of the run (features, answers, probe results) that notebooks/t3.ipynb reads; "
-                        "None: cache/t3-<model>-synthetic.h5")
+            act.help = ("HDF5 file of the run (features, answers, probe results) that notebooks/t3.ipynb reads "
+                        "(default: cache/t3-<model>-synthetic.h5, in the repository's cache/ when run through "
+                        "with-venv)")
     ap.set_defaults(limit=None, data_dir=None)
     ap.add_argument("--samples", type=int, default=96,
                     help="samples per task and split (a multiple of 12 balances every question and answer)")
@@ -394,11 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--probe-seeds", type=int, default=len(PROBE_SEEDS),
                     help="probe seeds (each draws other cross-validation folds); accuracies are averaged over them")
     ap.add_argument("--C", type=float, default=None,
-                    help="fixed inverse L2 penalty of the probes; None: chosen per layer by cross-validation")
+                    help="fixed inverse L2 penalty of the probes (default: chosen per layer by cross-validation)")
     ap.add_argument("--cv", type=int, default=3, help="cross-validation folds for choosing C")
     ap.add_argument("--probe-tol", type=float, default=1e-6,
-                    help="probe solvers' stopping tolerance (largest gradient entry; scikit-learn's default 1e-4 "
-                         "stops wide, nearly separable probes at path-dependent points)")
+                    help="probe solvers' stopping tolerance on the largest gradient entry (default: %(default)g; "
+                         "scikit-learn's own 1e-4 stops wide, nearly separable probes at path-dependent points)")
     ap.add_argument("--probe", default="torch", choices=PROBES,
                     help="probe implementation: torch (all layers in one batched fit, on --device) or sklearn "
                          "(the reference, a loop of scikit-learn fits); the same estimator")
