@@ -183,7 +183,7 @@ def main(argv=None):
         Path(a.json).write_text(json.dumps(table, indent=1))
     if a.card:
         write_card(lm, table, Path(lm.source), a.n)
-        print(f"wrote {Path(lm.source) / 'README.md'}")
+        print(f"wrote {(Path(lm.source) / 'README.md').absolute()}")
 
 
 if __name__ == "__main__":

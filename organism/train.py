@@ -8,7 +8,11 @@ builds for real models, on fresh synthetic samples every step:
 - static and grounding questions at 1-16 frames, so that a 1-frame video is
   not out of distribution;
 - the caption (text) form of every task.
-The checkpoint (config, safetensors, tokenizer) and a training log go to --out.
+The checkpoint (config, safetensors, tokenizer) and a training log go to
+--out: by default a NEW folder ``organism-runs/seed<S>-steps<N>[-k]`` (in the
+repository under with-venv), never the committed checkpoint. Writing over
+the committed checkpoint (organism/checkpoint) takes --replace-checkpoint;
+then recompute its model card with ``python -m organism.evaluate --card``.
 """
 from __future__ import annotations
 
@@ -196,30 +200,70 @@ def save(model, tok, out: Path, log: list[dict], seed: int, steps: int, stages: 
         tmp.replace(out)
 
 
+def default_out(seed: int, steps: int) -> Path:
+    """A folder that does not exist yet: organism-runs/seed<S>-steps<N>[-k]."""
+    base = Path("organism-runs") / f"seed{seed}-steps{steps}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
+
+
+def is_committed(folder: Path) -> bool:
+    """Whether ``folder`` is the committed checkpoint (organism/checkpoint)."""
+    return Path(folder).expanduser().resolve() == ORGANISM_DIR.resolve()
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from analyses.cli import RawHelpFormatter, user_path
+
+    ap = argparse.ArgumentParser(prog="python -m organism.train", description=__doc__,
+                                 formatter_class=RawHelpFormatter)
     ap.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the training samples")
     ap.add_argument("--batch", type=int, default=32, help="samples per step")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay")
-    ap.add_argument("--out", type=Path, default=ORGANISM_DIR, help=f"checkpoint folder (default {ORGANISM_DIR})")
-    ap.add_argument("--resume", type=Path, default=None,
+    ap.add_argument("--out", type=user_path, default=None,
+                    help="checkpoint folder (default: a new folder organism-runs/seed<S>-steps<N>; never the "
+                         "committed checkpoint without --replace-checkpoint)")
+    ap.add_argument("--replace-checkpoint", action="store_true",
+                    help=f"write over the committed checkpoint {ORGANISM_DIR} (the model every analysis "
+                         f"loads as --model organism)")
+    ap.add_argument("--resume", type=user_path, default=None,
                     help="continue training this checkpoint folder for --steps more steps (fresh optimizer)")
     ap.add_argument("--weight", action="append", default=[], metavar="TASK=W",
-                    help="sampling weight of a video task after the curriculum (default 1 for issue 3's "
-                         "tasks, 0.5 for the extra T3 tasks); repeatable, e.g. --weight rotation=3")
+                    help=f"sampling weight of a video task after the curriculum (default 1 for the core tasks "
+                         f"{', '.join(CORE_TASKS)}; 0.5 for the T3 tasks {', '.join(EXTRA_TASKS)}); "
+                         f"repeatable, e.g. --weight rotation=3")
     a = ap.parse_args(argv)
+    # Before anything is built: the committed checkpoint is written only on request.
+    if a.replace_checkpoint:
+        if a.out is not None and not is_committed(a.out):
+            ap.error(f"--replace-checkpoint writes {ORGANISM_DIR}; --out {a.out} is another folder: "
+                     f"give one of the two")
+        out = ORGANISM_DIR
+    elif a.out is not None and is_committed(a.out):
+        ap.error(f"--out {a.out} is the committed checkpoint: pass --replace-checkpoint to write over it, "
+                 f"or choose another folder")
+    else:
+        out = Path(a.out) if a.out is not None else default_out(a.seed, a.steps)
+    out = out.absolute()
     weights = {}
     for item in a.weight:
         task, _, w = item.partition("=")
         if task not in CORE_TASKS + EXTRA_TASKS or not w:
             ap.error(f"--weight {item!r}: expected TASK=W with TASK one of {CORE_TASKS + EXTRA_TASKS}")
         weights[task] = float(w)
-    train(a.steps, a.seed, a.out, batch=a.batch, lr=a.lr, warmup=a.warmup, threads=a.threads,
-          resume=a.resume, weights=weights or None)
-    print(f"saved to {a.out}; now run `python -m organism.evaluate` to recompute the model card")
+    print(f"training the organism for {a.steps} steps (seed {a.seed}) into {out}", flush=True)
+    train(a.steps, a.seed, out, batch=a.batch, lr=a.lr, warmup=a.warmup, threads=a.threads,
+          resume=None if a.resume is None else Path(a.resume), weights=weights or None)
+    if is_committed(out):
+        print(f"saved to {out}; now run `python -m organism.evaluate --card` to recompute the model card")
+    else:
+        print(f"saved to {out}; evaluate it with `python -m organism.evaluate --model {out}`")
 
 
 if __name__ == "__main__":

@@ -153,8 +153,8 @@ Recomputed by `python -m organism.evaluate --model reasoner --card`: greedy
 python -m organism.evaluate --model reasoner --card
 ```
 Without `--out` the training writes to a new folder `reasoner-runs/...`
-and leaves this checkpoint alone. Training is deterministic in its seed on a
-given machine and thread count.
+and leaves this checkpoint alone; only `--replace-checkpoint` writes here.
+Training is deterministic in its seed on a given machine and thread count.
 """
 
 
@@ -172,6 +172,9 @@ def _threads(n: int) -> str:
     return "one thread" if n == 1 else f"{n} threads"
 
 
+COMMITTED = "organism/reasoner/checkpoint"  # the retrain commands' name for the committed checkpoint
+
+
 def _command(ph: dict, init: str | None = None, out: str | None = None) -> str:
     cmd = f"python -m organism.reasoner.train --steps {ph['steps']} --seed {ph['seed']}"
     for flag, key, default in (("--batch-tokens", "batch_tokens", 1280), ("--lr", "lr", 2e-3),
@@ -182,6 +185,8 @@ def _command(ph: dict, init: str | None = None, out: str | None = None) -> str:
         cmd += f" --threads {ph['threads']}"
     if init:
         cmd += f" --init {init}"
+    if out == COMMITTED:
+        return cmd + " --replace-checkpoint"
     return cmd + (f" --out {out}" if out else "")
 
 
@@ -197,7 +202,7 @@ def write_card(model, tokenizer, table: dict, folder: Path, n: int, seed0: int, 
     lines, retrain = [], []
     for k, ph in enumerate(phases):
         last = k == len(phases) - 1
-        out = "organism/reasoner/checkpoint" if last else f"reasoner-runs/phase{k + 1}"
+        out = COMMITTED if last else f"reasoner-runs/phase{k + 1}"
         init = None if k == 0 else f"reasoner-runs/phase{k}"
         name = f"Phase {k + 1} of {len(phases)}" if len(phases) > 1 else "One phase"
         start = "from random initialisation" if k == 0 else "from the weights of the phase before"
@@ -312,7 +317,7 @@ def main(argv=None):
     if a.json:
         Path(a.json).write_text(json.dumps(table, indent=1))
     if a.card:
-        print(f"wrote {write_card(lm.model, lm.tokenizer, table, a.checkpoint, a.n, a.seed0, TRIED)}")
+        print(f"wrote {write_card(lm.model, lm.tokenizer, table, a.checkpoint, a.n, a.seed0, TRIED).absolute()}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ proportion to how often the model still gets a whole solution wrong (see
 The checkpoint (config, safetensors, tokenizer, generation config) and
 ``train_log.json`` go to --out: by default a NEW folder
 ``reasoner-runs/seed<S>-steps<N>[-k]`` under the current directory, never
-the committed checkpoint. To replace the committed checkpoint, pass
-``--out organism/reasoner/checkpoint`` explicitly, then recompute its model
-card with ``python -m organism.evaluate --model reasoner --card``.
+the committed checkpoint. To write over the committed checkpoint
+(organism/reasoner/checkpoint), pass --replace-checkpoint, then recompute its
+model card with ``python -m organism.evaluate --model reasoner --card``.
 """
 from __future__ import annotations
 
@@ -188,9 +188,20 @@ def default_out(seed: int, steps: int) -> Path:
     return out
 
 
+def is_committed(folder: Path) -> bool:
+    """Whether ``folder`` is the committed checkpoint (organism/reasoner/checkpoint)."""
+    from . import REASONER_DIR
+
+    return Path(folder).expanduser().resolve() == REASONER_DIR.resolve()
+
+
 def main(argv=None):
+    from analyses.cli import RawHelpFormatter, user_path
+
+    from . import REASONER_DIR
+
     ap = argparse.ArgumentParser(prog="python -m organism.reasoner.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=RawHelpFormatter)
     ap.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000: ~30 minutes on one thread)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the training problems")
     ap.add_argument("--batch-tokens", type=int, default=1280,
@@ -198,16 +209,31 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW; warm-up, cosine to 10%%)")
     ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--init", type=Path, default=None,
+    ap.add_argument("--init", type=user_path, default=None,
                     help="start from this checkpoint's weights (a second phase, with its own warm-up and cosine "
                          "schedule and fresh problems from --seed) instead of a random initialisation")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="checkpoint folder. Default: a new folder reasoner-runs/seed<S>-steps<N> (never the "
-                         "committed checkpoint); pass --out organism/reasoner/checkpoint explicitly to replace it")
+    ap.add_argument("--out", type=user_path, default=None,
+                    help="checkpoint folder (default: a new folder reasoner-runs/seed<S>-steps<N>; never the "
+                         "committed checkpoint without --replace-checkpoint)")
+    ap.add_argument("--replace-checkpoint", action="store_true",
+                    help=f"write over the committed checkpoint {REASONER_DIR} (the model every analysis loads "
+                         f"as --model reasoner)")
     a = ap.parse_args(argv)
-    out = a.out if a.out is not None else default_out(a.seed, a.steps)
+    # Before anything is built: the committed checkpoint is written only on request.
+    if a.replace_checkpoint:
+        if a.out is not None and not is_committed(a.out):
+            ap.error(f"--replace-checkpoint writes {REASONER_DIR}; --out {a.out} is another folder: "
+                     f"give one of the two")
+        out = REASONER_DIR
+    elif a.out is not None and is_committed(a.out):
+        ap.error(f"--out {a.out} is the committed checkpoint: pass --replace-checkpoint to write over it, "
+                 f"or choose another folder")
+    else:
+        out = Path(a.out) if a.out is not None else default_out(a.seed, a.steps)
+    out = out.absolute()
     print(f"training the reasoner for {a.steps} steps (seed {a.seed}) into {out}", flush=True)
-    train(a.steps, a.seed, out, batch_tokens=a.batch_tokens, lr=a.lr, warmup=a.warmup, threads=a.threads, init=a.init)
+    train(a.steps, a.seed, out, batch_tokens=a.batch_tokens, lr=a.lr, warmup=a.warmup, threads=a.threads,
+          init=None if a.init is None else Path(a.init))
     print(f"saved to {out}; evaluate it with `python -m organism.evaluate --model reasoner --checkpoint {out}`")
 
 
