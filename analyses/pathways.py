@@ -30,6 +30,10 @@ causal edges, drawn uniformly at random (without replacement) among the
 
 ``find_pathways`` proposes the ranges from the flow maps themselves (see its
 docstring).
+
+A library module: pathways are run by ``python -m analyses.flow
+--find-pathways`` (or ``--pathways CF=a-b,VQ=c-d,QL=e-f``), stored in the flow
+file; ``python -m analyses.pathways`` says so.
 """
 from __future__ import annotations
 
@@ -451,3 +455,19 @@ def trace_array(trace: list[dict]) -> np.ndarray:
         rows.append(r + [t["accuracy"], t["edge_share"]])
     return np.array(rows, dtype=float).reshape(-1, len(TRACE_COLUMNS))
 
+
+if __name__ == "__main__":
+    from analyses.cli import not_a_command
+
+    raise SystemExit(not_a_command(
+        "analyses.pathways",
+        "the effective-pathway condition, its share of edges kept, the random-edge control and the search "
+        "(find_pathways). Pathways are a stage of Map the Flow, stored in its file beside the flow maps they "
+        "start from.",
+        [("python -m analyses.flow --find-pathways",
+          "search the sparsest layer ranges CF, VQ, QL (and VL if needed) whose accuracy stays within "
+          "--tolerance of the full model, with the random-edge control"),
+         ("python -m analyses.flow --pathways CF=a-b,VQ=c-d,QL=e-f[,VL=g-h]",
+          "evaluate given ranges (1-indexed, inclusive)"),
+         ("python -m analyses.flow --help",
+          "every flag: --model, --dataset, --tolerance, --pathway-threshold, --random-seeds, ...")]))

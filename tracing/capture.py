@@ -142,3 +142,15 @@ def capture(lm, inputs: dict, layout: TokenLayout, hooks: list[str] | str, posit
             v = _raster_rows(lm, inputs, v)
         out[p.name] = v if positions is None else select(v, layout, positions, p)
     return out
+
+
+if __name__ == "__main__":
+    from analyses.cli import not_a_command
+
+    raise SystemExit(not_a_command(
+        "tracing.capture",
+        "capture(lm, inputs, layout, hooks, positions) returns one prompt's activations at canonical hook names "
+        "(from Python).",
+        [("python -m analyses.capture",
+          "a dataset's activations into an HDF5 cache, on the run engine (resume, --overwrite, --no-progress, "
+          "--workers); see its --help")]))
