@@ -11,7 +11,7 @@ with other jobs it moves much less than the wall-clock ratio. Peak memory is the
 peak resident set growth during a pass (the kernel's high-water mark, reset
 before each pass), which sees torch, numpy and HDF5 allocations alike.
 ``--profile`` prints where one capture pass spends its time (cProfile).
-Targets (issue 2): overhead <= 1.3x; peak memory flat in the number of samples.
+Targets: overhead <= 1.3x; peak memory flat in the number of samples.
 """
 from __future__ import annotations
 
@@ -91,11 +91,17 @@ def counts(text: str) -> list[int]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", default=["10,100"], nargs="+", help="sample counts, e.g. 10,100 (or 10 100)")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating plain/capture passes per count")
+    from analyses.cli import RawHelpFormatter
+
+    ap = argparse.ArgumentParser(prog="python -m bench.capture", description=__doc__, formatter_class=RawHelpFormatter)
+    ap.add_argument("--samples", default=["10,100"], nargs="+",
+                    help="sample counts to measure, e.g. 10,100 (or 10 100) (default: 10,100)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="plain and capture passes per sample count, alternating; the fastest of each is compared")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    ap.add_argument("--profile", action="store_true", help="cProfile one extra capture pass of the first count")
+    ap.add_argument("--profile", action="store_true",
+                    help="also run one capture pass of the first count under cProfile and print where it spends "
+                         "its time")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     lm = load_model("tiny-llava-next", attn="sdpa")

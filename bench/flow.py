@@ -45,15 +45,22 @@ def _set_attn(lm, impl: str) -> None:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="tiny-llava-next")
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--frames", type=int, default=8)
+    from analyses.cli import RawHelpFormatter
+
+    ap = argparse.ArgumentParser(prog="python -m bench.flow", description=__doc__, formatter_class=RawHelpFormatter)
+    ap.add_argument("--model", default="tiny-llava-next",
+                    help="video model: registry name (see python -m analyses.flow --help), hub id or local folder")
+    ap.add_argument("--samples", type=int, default=8, help="prompts, each of random frames, timed one by one")
+    ap.add_argument("--frames", type=int, default=8, help="frames per prompt")
     ap.add_argument("--size", type=int, default=96, help="frame side in pixels")
-    ap.add_argument("--k", type=int, default=None, help="window size (default: default_window(L))")
+    ap.add_argument("--k", type=int, default=None,
+                    help="knockout window in layers (default: the paper's 9 for 32+ layers, else about L/4)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--naive-llm-only", action="store_true", help="naive reuses the video features")
-    ap.add_argument("--fast-attn", choices=("eager", "sdpa"), default="eager", help="attention kernel of the fast path")
+    ap.add_argument("--naive-llm-only", action="store_true",
+                    help="the naive side reuses the video features and runs only the LLM per condition (a "
+                         "stronger baseline than the paper's full forward)")
+    ap.add_argument("--fast-attn", choices=("eager", "sdpa"), default="eager",
+                    help="attention kernel of the fast path (the naive path is always eager)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 

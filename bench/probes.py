@@ -53,16 +53,19 @@ def _timed(fn):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--width", type=int, default=4096)
-    p.add_argument("--samples", type=int, default=3000, help="train + test (2/3 train)")
-    p.add_argument("--classes", type=int, default=3)
-    p.add_argument("--cv", type=int, default=3)
-    p.add_argument("--full", action="store_true", help="33 layers x 4096 x 3000 samples")
+    from analyses.cli import RawHelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m bench.probes", description=__doc__, formatter_class=RawHelpFormatter)
+    p.add_argument("--layers", type=int, default=12, help="layers of planted features, one probe per layer")
+    p.add_argument("--width", type=int, default=4096, help="feature width (a residual stream's hidden size)")
+    p.add_argument("--samples", type=int, default=3000, help="samples, train + test (2/3 train)")
+    p.add_argument("--classes", type=int, default=3, help="classes of the planted label")
+    p.add_argument("--cv", type=int, default=3, help="cross-validation folds choosing C on the training part")
+    p.add_argument("--full", action="store_true",
+                   help="a 7B model's sweep: 33 layers x width 4096 x 3000 samples (overrides the three)")
     p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads, the same for both sides")
     p.add_argument("--rounds", type=int, default=3, help="interleavings of the two sides (see above)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the planted data and of the CV folds")
     a = p.parse_args(argv)
     if a.full:
         a.layers, a.width, a.samples = 33, 4096, 3000

@@ -91,17 +91,20 @@ def sweep_token_layers(layout, n_layers: int, k: int) -> int:
 
 
 def main(argv=None) -> dict:
+    from analyses.cli import HelpFormatter, user_path
+
     ap = argparse.ArgumentParser(prog="python -m bench.realscale", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--family", default="llava_next_video", choices=sorted(PUBLISHED),
                     help="the family whose published configuration is built")
     ap.add_argument("--text-layers", type=int, default=2, help="decoder layers kept (the rest is extrapolated)")
     ap.add_argument("--frames", type=int, default=8, help="frames of the one prompt, at the published frame size")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--checkpoint", default=None, help="a folder built before by tracing.published (else a temporary one)")
+    ap.add_argument("--checkpoint", default=None, type=user_path,
+                    help="a folder built before by tracing.published (else a temporary one)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
-    ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    ap.add_argument("--json", default=None, type=user_path, help="also write the numbers to this JSON file")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 

@@ -36,8 +36,10 @@ REPEATS = 3  # each timing is the fastest of three: a shared machine's noise onl
 
 
 def main(argv=None) -> dict:
+    from analyses.cli import HelpFormatter
+
     ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--model", default="organism", help="registry name, hub id or local folder")
     ap.add_argument("--tasks", default="direction,count,order,static_color", help="synthetic tasks")
     ap.add_argument("--limit", type=int, default=10, help="samples per task of the smaller set (the larger: 3x)")

@@ -125,10 +125,14 @@ def compare(lm, frames: np.ndarray, question: str, options: list[str], chat_temp
 
 
 def main(argv=None) -> int:
+    from analyses.cli import HelpFormatter, user_model, user_path
+
     ap = argparse.ArgumentParser(prog="python -m tracing.check", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", default="llava-next", help=f"registry name ({', '.join(available())}), hub id or folder")
-    ap.add_argument("--video", default=None, help="a video file to sample frames from (default: a rendered synthetic clip)")
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--model", default="llava-next", type=user_model,
+                    help=f"registry name ({', '.join(available())}), hub id or folder")
+    ap.add_argument("--video", default=None, type=user_path,
+                    help="a video file to sample frames from (default: a rendered synthetic clip)")
     ap.add_argument("--frames", type=int, default=8, help="frames sampled from the video")
     ap.add_argument("--video-pixels", default=None, type=pixel_budget, metavar="MIN,MAX",
                     help="Qwen families: pixels per frame (as for the analyses)")

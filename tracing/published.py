@@ -380,19 +380,24 @@ def _tokenizer_config(family: str, backend: Tokenizer) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tracing.published", description=__doc__.split("\n\n")[0])
+    from analyses.cli import HelpFormatter, user_path
+
+    p = argparse.ArgumentParser(prog="python -m tracing.published", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--family", required=True, choices=list(PUBLISHED), help="model family to build")
     p.add_argument("--width", choices=("tiny", "real"), default="tiny",
                    help="'real': every published width; 'tiny': published geometry at toy widths (default)")
-    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write (must not exist unless --overwrite)")
+    p.add_argument("--out", required=True, type=user_path,
+                   help="checkpoint folder to write (must not exist unless --overwrite)")
     p.add_argument("--text-layers", type=int, default=2, help="decoder layers to keep (default 2)")
     p.add_argument("--vision-layers", type=int, default=None,
                    help="vision tower layers (default: published depth for real, 2 for tiny)")
     p.add_argument("--seed", type=int, default=0, help="torch seed of the random weights (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     a = p.parse_args(argv)
-    path = build_checkpoint(a.family, a.out, a.width, a.text_layers, a.vision_layers, a.seed, overwrite=a.overwrite)
-    print(f"wrote {path} ({PUBLISHED[a.family]['repo']} geometry, width {a.width})")
+    path = build_checkpoint(a.family, Path(a.out), a.width, a.text_layers, a.vision_layers, a.seed,
+                            overwrite=a.overwrite)
+    print(f"wrote {Path(path).absolute()} ({PUBLISHED[a.family]['repo']} geometry, width {a.width})")
 
 
 if __name__ == "__main__":
