@@ -324,16 +324,19 @@ def declare(lm, units, window: int = 10, horizons=("end",), rows: str | None = N
 
 # ---------------------------------------------------------------- the CLI
 def build_parser() -> argparse.ArgumentParser:
-    from analyses.cli import common_parser
+    from analyses.cli import common_parser, user_path
 
     ap = common_parser("python -m analyses.rhythm", "WAAD / FAI (the preplan-and-anchor rhythm): attention "
                        "statistics of the model's own traces, streamed and exact, on the run engine.", limit=8,
                        text_datasets=True)
     ap.set_defaults(model="reasoner", dataset=None)
+    for act in ap._actions:  # the shared flag's help, with this analysis' own default
+        if act.dest == "dataset":
+            act.help += " (default: reasoning for a text model, synthetic for a video model)"
     ap.add_argument("--response", default="generated", choices=RESPONSES,
                     help="what the model reads after the prompt: its own generated response, or (word problems) "
                          "the reference solution, teacher-forced")
-    ap.add_argument("--traces", default=None, metavar="FILE.jsonl",
+    ap.add_argument("--traces", default=None, metavar="FILE.jsonl", type=user_path,
                     help="read prompts and responses from a JSON-lines file ({\"id\", \"prompt\", \"response\"} "
                          "a line) instead of a dataset: text models; nothing is generated")
     ap.add_argument("--sample", action="store_true",
@@ -356,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preplan", type=float, default=0.4, help="top fraction of |WAAD_t - WAAD_t+1|: preplan tokens")
     g.add_argument("--anchor", type=float, default=0.4, help="top fraction of FAI: anchor tokens")
     g.add_argument("--head-layers", default="all", choices=["all", "middle"],
-                   help="layers the head groups come from: all, or 5 evenly spaced in [L/3, 2L/3] (the RL runs)")
+                   help="layers the head groups come from: all, or 5 evenly spaced in [L/3, 2L/3] (as in the paper's "
+                        "RL method)")
     g.add_argument("--horizon", default=None, help="the stored horizon the rhythm uses (default: the first)")
     g.add_argument("--draws", type=int, default=1000, help="random token sets of the baseline")
     return ap
