@@ -546,7 +546,9 @@ def main(argv=None) -> Ablation:
                "each is shown its own frames (--short-videos own), not TOMATO's repeated ones")
         print(f"note: {short} of {len(ab.ids)} questions have a video shorter than --frames {m}: {how}",
               file=sys.stderr)
-    md, table = report([ab], a.bootstrap, a.seed)
+    with M.undefined_notes(lambda m: print(m, file=sys.stderr)):  # one line per undefined metric
+        md, table = report([ab], a.bootstrap, a.seed)
+        rows = None if a.no_figures else metric_rows([ab], "task", a.bootstrap, a.seed)
     store_report(out, md, a.bootstrap, a.seed)
     stem = out.with_suffix("")
     Path(f"{stem}.md").write_text(md)
@@ -554,7 +556,7 @@ def main(argv=None) -> Ablation:
     print(md)
     written = [str(out), f"{stem}.md", f"{stem}.csv"]
     if not a.no_figures:
-        written += write_figures(ab, metric_rows([ab], "task", a.bootstrap, a.seed), figures_dir(a, out))
+        written += write_figures(ab, rows, figures_dir(a, out))
     if ab.unparsed is not None:
         print(f"unparsed generated answers (counted wrong): {int(ab.unparsed.sum())}")
     print("wrote " + ", ".join(written), file=sys.stderr)

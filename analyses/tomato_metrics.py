@@ -30,6 +30,7 @@ import csv
 import io
 import warnings
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -40,6 +41,26 @@ from tasks.frames import Condition, curve_of
 
 class UndefinedMetricWarning(RuntimeWarning):
     """A metric whose denominator accuracy is zero (or has no questions)."""
+
+
+@contextmanager
+def undefined_notes(log):
+    """Collect the UndefinedMetricWarnings of the block and hand each distinct
+    message to ``log`` once, as one line (``note: kappa is undefined (task
+    count): its denominator accuracy is 0``), instead of Python's two-line
+    warning with the source line; other warnings pass through unchanged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UndefinedMetricWarning)
+        yield
+    seen: list[str] = []
+    for w in caught:
+        if issubclass(w.category, UndefinedMetricWarning):
+            if str(w.message) not in seen:
+                seen.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for m in seen:
+        log(f"note: {m}")
 
 
 def _where(where: str) -> str:

@@ -622,3 +622,20 @@ def test_organism_needs_several_frames_in_order(organism_rows, task):
 def test_organism_static_control_needs_neither(organism_rows):
     s = organism_rows["static_color"]
     assert s["acc_multi"] >= 90 and abs(s["kappa"]) < 10 and abs(s["tau"]) < 10, s
+
+
+def test_undefined_metrics_are_one_line_each():
+    """The CLI's notes: each distinct undefined metric once, one line, no warning source lines."""
+    import warnings
+
+    from analyses.tomato_metrics import relative_gain, undefined_notes
+
+    lines = []
+    with pytest.warns(UserWarning, match="something else"):  # not ours: passed through
+        with undefined_notes(lines.append):
+            assert np.isnan(relative_gain(1.0, 0.0, "kappa", "task count"))
+            assert np.isnan(relative_gain(0.5, 0.0, "kappa", "task count"))
+            assert np.isnan(relative_gain(np.nan, 1.0, "tau", "task when"))
+            warnings.warn("something else", UserWarning)
+    assert lines == ["note: kappa is undefined (task count): its denominator accuracy is 0",
+                     "note: tau is undefined (task when): an accuracy has no questions"]
