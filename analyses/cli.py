@@ -211,7 +211,21 @@ def load_data(a, n_frames: int | None = None, **kw):
         print(f"skipped {item} ({path}): {why}", file=sys.stderr)
     if not res.samples:
         raise SystemExit(f"no usable samples in dataset {a.dataset!r} (data dir {a.data_dir!r})")
+    note = short_video_note(res.samples, n_frames or a.frames)
+    if note:
+        print(note, file=sys.stderr)
     return res
+
+
+def short_video_note(samples, n_frames: int) -> str | None:
+    """One line for a run whose videos have fewer frames than were asked for
+    (their frames repeat, as TOMATO's np.linspace sampling does), or None."""
+    short = [s for s in samples if s.meta.get("distinct_frames", n_frames) < n_frames]
+    if not short:
+        return None
+    fewest = min(s.meta["distinct_frames"] for s in short)
+    return (f"note: {len(short)} of {len(samples)} videos have fewer than --frames {n_frames} frames (the fewest "
+            f"{fewest}): their frames repeat, np.linspace(0, n-1, {n_frames}, dtype=int) as TOMATO samples them")
 
 
 def load_from_args(a, attn: str = "sdpa"):

@@ -149,7 +149,9 @@ def load_tomato(data_dir: str | Path, reasoning_types: list[str] | None = None, 
             try:
                 s = _entry(rtype, str(item_id), entry, path, root)
                 if decode:
-                    s.frames = load_frames(s.video_path, n_frames, size=size)
+                    info: dict = {}
+                    s.frames = load_frames(s.video_path, n_frames, size=size, info=info)
+                    s.meta["distinct_frames"] = info["distinct"]  # < n_frames: frames repeat
                     s.meta["sampled_fps"] = sampled_fps(s.video_path, len(s.frames))
             except AnnotationError as err:
                 if not skip_bad:

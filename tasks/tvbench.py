@@ -94,7 +94,9 @@ def load_tvbench(data_dir: str | Path, tasks: list[str] | None = None, n_frames:
             try:
                 s = _entry(task, i, entry, path, root)
                 if decode:
-                    s.frames = load_frames(s.video_path, n_frames, size=size, bound=s.meta["bound"])
+                    info: dict = {}
+                    s.frames = load_frames(s.video_path, n_frames, size=size, bound=s.meta["bound"], info=info)
+                    s.meta["distinct_frames"] = info["distinct"]  # < n_frames: frames repeat
                     s.meta["sampled_fps"] = sampled_fps(s.video_path, len(s.frames), s.meta["bound"])
             except AnnotationError as err:
                 if not skip_bad:

@@ -121,7 +121,8 @@ def _check_file(path: str | os.PathLike) -> Path:
 
 
 def load_frames(path: str | os.PathLike, n_frames: int | None = None, size: int | None = None,
-                strict: bool = False, bound: tuple[float, float] | None = None) -> np.ndarray:
+                strict: bool = False, bound: tuple[float, float] | None = None,
+                info: dict | None = None) -> np.ndarray:
     """Decode a video into uint8 RGB frames [T, H, W, 3].
 
     n_frames: None keeps every frame (T = frames in the file); otherwise T = n_frames
@@ -131,6 +132,8 @@ def load_frames(path: str | os.PathLike, n_frames: int | None = None, size: int 
               size x size.
     bound:    (start, end) in seconds: sample only frames round(start*fps)..round(end*fps)
               (the clip a TVBench question is about).
+    info:     a dict to fill with ``distinct``, the number of different frames
+              sampled (fewer than n_frames when frames repeat).
     A file that the container says has N frames but decodes to fewer is treated as
     truncated and raises VideoError.
     """
@@ -157,6 +160,8 @@ def load_frames(path: str | os.PathLike, n_frames: int | None = None, size: int 
     if n_frames is not None and strict and len(set(idx.tolist())) < n_frames:
         raise VideoError(p, f"has {len(set(idx.tolist()))} frames in range, fewer than the {n_frames} "
                             f"requested (strict)")
+    if info is not None:
+        info["distinct"] = len(set(idx.tolist()))
     return np.stack([kept[int(i)] for i in idx]).astype(np.uint8, copy=False)
 
 

@@ -192,3 +192,22 @@ def test_load_dataset_dispatch(tmp_path):
     with pytest.raises(ValueError, match="synthetic.*tomato.*tvbench"):
         load_dataset("mvbench")
     assert DATASETS == ("synthetic", "tomato", "tvbench")
+
+
+def test_short_videos_are_counted_once_per_run(tmp_path, capsys):
+    """Videos with fewer frames than --frames repeat frames (linspace, as TOMATO);
+    the shared loader of flow, capture, lens and rhythm says so in one line."""
+    from argparse import Namespace
+
+    from analyses.cli import load_data
+
+    root = build_tvbench(tmp_path)
+    res = load_data(Namespace(dataset="tvbench", data_dir=str(root), frames=8, limit=None, tasks=None, seed=0))
+    a, b, c = res.samples  # 10 frames; frames 4..8 of the clip (5); 5 frames
+    assert [s.meta["distinct_frames"] for s in res.samples] == [8, 5, 5]
+    assert ids_of(c.frames) == list(np.linspace(0, 4, 8, dtype=int))
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1
+    assert "note: 2 of 3 videos have fewer than --frames 8 frames (the fewest 5)" in err
+    load_data(Namespace(dataset="tvbench", data_dir=str(root), frames=4, limit=None, tasks=None, seed=0))
+    assert "note:" not in capsys.readouterr().err
