@@ -33,15 +33,20 @@ question, ..., response) separately. Sums, not means: divide by the group's
 row count for a mean row.
 
 How the sums stay exact and cheap (each a pass over the chunk at most, no
-log or product over the whole chunk): the span term is a matrix-vector
-product over the keys before the chunk (``A @ (i - s) + (t - i) * mass``,
-every term non-negative: no float32 cancellation) plus the chunk's own
-triangle;
-WAAD is ``W * rowsum - sum_{o<W} (W - o) A_{t,t-o}`` from a W-wide gather;
-the entropy is ``lse - sum_s A_ts S_ts`` with the log-sum-exp taken from
-the row's largest probability; FAI is a vector-matrix product over the keys
-every row of the chunk reaches and a masked sum over the band at the
-horizon's edges; group masses are two small matmuls with one-hot tables.
+log over the whole chunk): the span term is a matrix-vector product over the
+keys before the chunk (``A @ (i - s) + (t - i) * mass``, every term
+non-negative: no float32 cancellation) plus the chunk's own triangle; WAAD
+is ``W * rowsum - sum_{o<W} (W - o) A_{t,t-o}`` from a W-wide gather; the
+entropy is ``lse - sum_s A_ts S_ts`` over scores shifted by the row's
+maximum, with the log-sum-exp taken from the row's largest probability; FAI
+is a vector-matrix product over the keys every row of the chunk reaches and
+a masked sum over the band at the horizon's edges; group masses are two
+small matmuls with one-hot tables.
+
+Cost (``bench/attention.py``): memory linear in T (0.05x the materialised
+maps at 4k tokens); time 2.9-4.1x an sdpa forward on CPU, because the scores
+and softmax are computed again beside sdpa's fused kernel. The statistics
+are correct on any device; a fused kernel is what would make them cheap.
 
 A query row with no key to read (left padding of a batch) is no part of
 any sequence: its own statistics are NaN and it adds nothing to FAI or the
