@@ -60,12 +60,17 @@ class Declaration:
 
     kind:     the analysis name ('capture', 'lens', ...), recorded in the file.
     config:   everything that changes results (presentation flags excluded).
-    units:    ``tracing.store.SampleMeta`` per unit, in order (id, task, gold label).
+    units:    ``tracing.store.SampleMeta`` per unit, in order (id, task, gold: the
+              ground truth, -1 where none; predicted -1: filled per unit, below).
     compute:  unit index -> (arrays {name: ndarray}, layout dict, meta dict); raise
               SkipUnit for a bad item.
     shapes:   {name: (max shape, dtype)} when known before the first unit, else None
               (then the first computed unit fixes them).
     float16:  store floating arrays as float16.
+    predicted: the name of the per-unit array holding the model's answer (an
+              option index), copied into /samples/predicted when the unit has
+              exactly one value there (a unit with none, or several, such as
+              tomato's one per condition, leaves -1); None: no such array.
     """
 
     kind: str
@@ -78,6 +83,7 @@ class Declaration:
     static: dict | None = None  # {name: (array, attrs)} results that need no unit (a vocabulary, word lists)
     max_json_bytes: int = 16384  # per unit, for its layout and meta
     describe: str = ""
+    predicted: str | None = "pred"  # flow and lens store it as 'pred' [1]
 
     def identity_config(self) -> dict:
         return {"analysis": self.kind, **self.config}
@@ -196,7 +202,7 @@ def _compute(decl: Declaration, w, todo: list[int], bar=None) -> list[tuple[int,
         except SkipUnit as e:
             skipped.append((i, str(e)))
         else:
-            w.write_sample(i, arrays, layout, meta)
+            w.write_sample(i, arrays, layout, meta, predicted=_predicted(decl, arrays))
         if bar is not None:
             bar.update(1)
     for i, why in skipped:
@@ -205,6 +211,12 @@ def _compute(decl: Declaration, w, todo: list[int], bar=None) -> list[tuple[int,
         w.write_sample(i, {n: np.zeros((0,) * len(shape)) for n, (shape, _) in w.hooks.items()}, {},
                        {"skipped": why})
     return skipped
+
+
+def _predicted(decl: Declaration, arrays: dict) -> int | None:
+    """The model's answer among a unit's arrays (``Declaration.predicted``), or None."""
+    x = arrays.get(decl.predicted) if decl.predicted else None
+    return int(np.asarray(x).reshape(-1)[0]) if x is not None and np.size(x) == 1 else None
 
 
 def _open(decl: Declaration, path: Path, model: str, fingerprint: str, dataset: str, hooks=None):
@@ -290,9 +302,11 @@ def _merge(w, shards: list[Path], remove: bool = False, units=None) -> list[int]
     for shard in shards:
         if not shard.exists():
             continue
-        for i, arrays, layout, meta in CacheReader(shard).units(units):
+        r = CacheReader(shard)
+        predicted = r.samples["predicted"]
+        for i, arrays, layout, meta in r.units(units):
             if not w.is_complete(i):
-                w.write_sample(i, arrays, layout, meta)
+                w.write_sample(i, arrays, layout, meta, predicted=int(predicted[i]))
                 merged.append(i)
         if remove:
             shard.unlink()

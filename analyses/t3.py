@@ -66,7 +66,7 @@ FRAMES, LAST = "frame_mean", "last"  # the two position sets, as in tracing/capt
 def _sample_meta(s: Sample):
     from tracing.store import SampleMeta
 
-    return SampleMeta(s.id, s.task, int(s.answer), int(s.answer),
+    return SampleMeta(s.id, s.task, int(s.answer), -1,
                       {"split": s.meta["split"], "question": s.question, "options": s.options,
                        "background": s.meta["background"], "shape": s.meta["shape"]})
 
@@ -142,7 +142,7 @@ def declare(lm, samples: list[Sample], config: dict | None = None, float16: bool
     first = max(tests, key=lambda i: len(samples[i].options))
     cfg = {**(config or {}), "hooks": hooks, "positions": [FRAMES, LAST]}
     return Declaration("t3", cfg, [_sample_meta(s) for s in samples], compute, float16=float16, order=[first],
-                       describe="T3 features and answers")
+                       describe="T3 features and answers", predicted="video_pred")
 
 
 # ---------------------------------------------------------------- probing
@@ -278,7 +278,7 @@ def run_probes(reader, n_layers: int, factory=None, seeds=PROBE_SEEDS, progress:
            for name in ("probe_frames", "probe_last", "control_frames", "control_last")}
     for ti, t in enumerate(tqdm(tasks, desc="probes", unit="task", disable=not progress)):
         idx = np.flatnonzero(s["task"] == t)
-        y, tr, te, q = s["label"][idx], split[idx] == "train", split[idx] == "test", question[idx]
+        y, tr, te, q = s["gold"][idx], split[idx] == "train", split[idx] == "test", question[idx]
         if not tr.any() or not te.any():
             raise ValueError(f"{reader.path}: task {t!r} needs train and test samples")
         # The vision stage has its own width; projector and layers share d_model: one batched fit.
@@ -327,7 +327,7 @@ def probe_results(path, n_layers: int, request: dict, types: list[str], device: 
     s = reader.samples
     split = np.array([reader.meta(i)["split"] for i in range(reader.n_samples)])
     test = np.flatnonzero(split == "test")
-    task, label = np.asarray(s["task"]).astype(str)[test], np.asarray(s["label"])[test]
+    task, label = np.asarray(s["task"]).astype(str)[test], np.asarray(s["gold"])[test]
     n_options = {t: len(reader.meta(i)["options"]) for i, t in zip(test, task)}
     res = {"tasks": names, **probes, "chance": np.array([1 / n_options[t] for t in names]),
            "n_test": np.array([(task == t).sum() for t in names])}

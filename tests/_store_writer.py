@@ -27,8 +27,8 @@ CONFIG = {"positions": "all", "hooks": sorted(HOOKS), "seed": 0, "frames": {"n":
 
 
 def samples(n=N):
-    return [SampleMeta(id=f"s{i:03d}", task="order" if i % 2 else "count", label=i % 4,
-                       answer=(7 * i) % 4, meta={"n_frames": 8 + i % 3}) for i in range(n)]
+    return [SampleMeta(id=f"s{i:03d}", task="order" if i % 2 else "count", gold=i % 4,
+                       predicted=(7 * i) % 4, meta={"n_frames": 8 + i % 3}) for i in range(n)]
 
 
 def sample_data(i):

@@ -67,16 +67,19 @@ def test_round_trip_float32_and_float16(tmp_path):
         r = CacheReader(path)
         dtype = np.float16 if float16 else np.float32
         assert r.hooks == sorted(W.HOOKS)
-        assert r.config == W.CONFIG
+        assert r.config == W.CONFIG and r.attrs["config"] == W.CONFIG
         assert (r.attrs["model"], r.attrs["model_fingerprint"], r.attrs["dataset"]) == \
             ("tiny-test", "fp-0123", "synthetic")
-        assert r.attrs["schema"] == 1 and r.attrs["kind"] == "cache" and "created" in r.attrs
+        assert r.attrs["schema"] == 2 and r.attrs["kind"] == "cache" and "created" in r.attrs
         s = r.samples
         assert s["id"].tolist() == [m.id for m in W.samples()]
         assert s["task"].tolist() == [m.task for m in W.samples()]
-        assert s["label"].tolist() == [m.label for m in W.samples()]
-        assert s["answer"].tolist() == [m.answer for m in W.samples()]
+        assert s["gold"].tolist() == [m.gold for m in W.samples()] == [i % 4 for i in range(W.N)]
+        assert s["predicted"].tolist() == [m.predicted for m in W.samples()]
+        assert s["label"] is s["gold"] and s["answer"] is s["predicted"]  # deprecated aliases
         assert s["complete"].all()
+        with h5py.File(path, "r") as f:
+            assert {"gold", "predicted"} <= set(f["samples"]) and not {"label", "answer"} & set(f["samples"])
         # token counts differ per sample: a list of arrays, trimmed to each true shape
         got = r.acts(HOOK)
         assert isinstance(got, list) and len(got) == W.N
@@ -203,7 +206,8 @@ def test_writes_touch_only_preallocated_data_bytes(tmp_path):
     before = np.frombuffer(path.read_bytes(), np.uint8)
     W.run(path, stop_after=3)
     with open_like_writer(path) as w:
-        w.write_sample(1, *W.sample_data(2))  # rewrite of a complete sample
+        w.write_sample(1, *W.sample_data(2), predicted=0)  # rewrite of a complete sample (predicted was 3)
+    assert CacheReader(path).samples["predicted"][1] == 0
     after = np.frombuffer(path.read_bytes(), np.uint8)
     assert after.size == before.size
     allowed = np.zeros(after.size, bool)
@@ -216,7 +220,7 @@ def test_writes_touch_only_preallocated_data_bytes(tmp_path):
                         allowed[c.byte_offset:c.byte_offset + c.size] = True
                 else:
                     allowed[ds.id.get_offset():ds.id.get_offset() + ds.id.get_storage_size()] = True
-        for name in ("samples/complete", "samples/run_meta", "layout"):
+        for name in ("samples/complete", "samples/run_meta", "samples/predicted", "layout"):
             ds = f[name]
             allowed[ds.id.get_offset():ds.id.get_offset() + ds.id.get_storage_size()] = True
     changed = np.flatnonzero(after != before)

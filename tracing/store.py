@@ -1,18 +1,25 @@
 """The HDF5 store: activations per sample, their layouts, and analysis results.
 
-One file per run. Layout (schema 1)::
+One file per run. Layout (schema 2; tracing/store_identity.py reads schema 1)::
 
     attrs   chronolens_version, kind ("cache"), model,
             model_fingerprint, dataset, config (JSON, sorted keys), created
             (ISO time), schema, hooks (JSON {name: [max_shape, dtype]}, or
             null until the first sample defines them), float16, max_json_bytes
-    /samples/id, task, label, answer, meta   [n]  written once, at creation
+    /samples/id, task, gold, meta             [n]  written once, at creation
+    /samples/predicted                        [n]  the model's prediction (-1: none)
     /samples/complete                         [n]  bool, the completion record
     /samples/run_meta                         [n]  JSON given by write_sample
     /layout                                   [n]  JSON TokenLayout spans
     /acts/<hook>        [n, *max_shape]  one sample per chunk
     /acts_shape/<hook>  [n, ndim]        each sample's true shape
     /results/<name>                      analysis outputs, attrs as JSON
+
+``gold`` is the ground truth (an option index; -1 where there is none) and
+``predicted`` the model's answer: the value given at creation, overwritten by
+``write_sample(..., predicted=)`` (the run engine passes the unit's own; -1
+where the analysis records none). Schema 1 files named them ``label`` and
+``answer``; they are read, and resumed, as gold and predicted.
 
 Why kill -9 cannot break a file: its whole structure (every group, dataset,
 attribute, and all chunks, allocated early) is built in ``<file>.partial``
@@ -49,7 +56,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-SCHEMA = 1
+# _differences, _norm, diff_lines are also imported from here (analyses/run.py)
+from tracing.store_identity import (SCHEMA, _differences, _dumps, _hook_spec, _identity, _norm,  # noqa: F401
+                                    diff_lines, file_identity, plain_attr, sample_arrays)
 
 
 def _version() -> str:
@@ -70,73 +79,23 @@ class CacheMismatchError(StoreError):
 
 @dataclass
 class SampleMeta:
-    """One sample of a run: its id, task, gold label, answer and free metadata."""
+    """One sample of a run: its id, task, gold (the ground truth, e.g. the right
+    option's index; -1: none), predicted (the model's answer if known before
+    the run, else -1; an output, not part of the run's identity) and free
+    metadata. ``label`` and ``answer`` are deprecated read-only aliases."""
     id: str
     task: str
-    label: int
-    answer: int
+    gold: int = -1
+    predicted: int = -1
     meta: dict = field(default_factory=dict)
 
+    @property
+    def label(self) -> int:
+        return self.gold
 
-# ---------------------------------------------------------------- JSON helpers
-
-def _plain(x):
-    """json.dumps fallback: numpy scalars/arrays, paths, tuples -> JSON types."""
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"cannot store {type(x).__name__} {x!r} as JSON")
-
-
-def _dumps(x) -> str:
-    return json.dumps(x, sort_keys=True, default=_plain)
-
-
-def _norm(x):
-    """The value as it reads back from the file (tuples become lists, ...)."""
-    return json.loads(_dumps(x))
-
-
-def _flat(d, prefix):
-    """{'a': {'b': 1}} -> {'prefix.a.b': 1}, so a mismatch names the leaf key."""
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}"))
-    return out if out else {prefix: d}
-
-
-# ---------------------------------------------------------------- identity
-
-def _identity(kind, model, fingerprint, dataset, config, samples, hooks=None, float16=False):
-    """What must agree between a file and a run that wants to resume it."""
-    ident = {
-        "kind": kind, "model": str(model), "model_fingerprint": str(fingerprint),
-        "dataset": str(dataset), "config": _norm(config), "schema": SCHEMA,
-        "samples": [_norm({"id": s.id, "task": s.task, "label": int(s.label),
-                           "answer": int(s.answer), "meta": s.meta}) for s in samples],
-    }
-    if kind == "cache":
-        ident["float16"] = bool(float16)
-        ident["hooks"] = None if hooks is None else _hook_spec(hooks, float16)
-    return ident
-
-
-def _hook_spec(hooks, float16):
-    """{name: (max_shape, dtype)} -> {name: [max_shape list, stored dtype name]}."""
-    spec = {}
-    for name, (shape, dtype) in hooks.items():
-        if not name or "/" in name:
-            raise ValueError(f"hook name {name!r}: must be non-empty and contain no '/'")
-        dt = np.dtype(dtype)
-        if float16 and dt.kind == "f":
-            dt = np.dtype("float16")
-        spec[name] = [[int(d) for d in shape], dt.name]
-    return spec
+    @property
+    def answer(self) -> int:
+        return self.predicted
 
 
 def _open_h5(path, mode="r"):
@@ -161,52 +120,10 @@ def _open_h5(path, mode="r"):
 
 
 def _read_identity(f, path):
-    a = f.attrs
-    if "schema" not in a or "kind" not in a:
+    if "schema" not in f.attrs or "kind" not in f.attrs:
         raise StoreError(f"{path}: an HDF5 file but not a chronolens file "
                          "(no schema/kind attributes); choose another --out")
-    s = f["samples"]
-    ids, tasks = s["id"].asstr()[()], s["task"].asstr()[()]
-    metas = s["meta"].asstr()[()]
-    ident = {
-        "kind": str(a["kind"]), "model": str(a["model"]),
-        "model_fingerprint": str(a["model_fingerprint"]), "dataset": str(a["dataset"]),
-        "config": json.loads(a["config"]), "schema": int(a["schema"]),
-        "samples": [{"id": str(i), "task": str(t), "label": int(lb), "answer": int(an),
-                     "meta": json.loads(m)}
-                    for i, t, lb, an, m in zip(ids, tasks, s["label"][()], s["answer"][()], metas)],
-    }
-    if ident["kind"] == "cache":
-        ident["float16"] = bool(a["float16"])
-        ident["hooks"] = json.loads(a["hooks"])
-    return ident
-
-
-def diff_lines(old: dict, new: dict, prefix: str) -> list[str]:
-    """'key.leaf: <old> (in file) vs <new> (this run)' for every leaf that differs."""
-    fo, fn = _flat(old, prefix), _flat(new, prefix)
-    return [f"{k}: {fo.get(k, '<absent>')!r} (in file) vs {fn.get(k, '<absent>')!r} (this run)"
-            for k in sorted(set(fo) | set(fn)) if fo.get(k, "<absent>") != fn.get(k, "<absent>")]
-
-
-def _differences(old, new):
-    """Lines 'key: <file value> (in file) vs <run value> (this run)'."""
-    lines = []
-    for key in new:
-        o, n = old.get(key), new[key]
-        if key == "hooks" and (o is None or n is None):
-            continue  # not yet defined on one side: the other side defines them
-        if key == "config":
-            lines += diff_lines(o, n, "config")
-        elif key == "samples" and o != n:
-            if len(o) != len(n):
-                lines.append(f"samples: {len(o)} (in file) vs {len(n)} (this run)")
-            else:
-                i = next(i for i in range(len(o)) if o[i] != n[i])
-                lines.append(f"samples[{i}]: {o[i]!r} (in file) vs {n[i]!r} (this run)")
-        elif o != n:
-            lines.append(f"{key}: {o!r} (in file) vs {n!r} (this run)")
-    return lines
+    return file_identity(f)
 
 
 def _check_existing(path, ident):
@@ -255,8 +172,9 @@ def _create(path, ident, created, max_json_bytes=0, static=None):
         st = h5py.string_dtype()
         s.create_dataset("id", data=np.array([x["id"] for x in samples], dtype=object), dtype=st)
         s.create_dataset("task", data=np.array([x["task"] for x in samples], dtype=object), dtype=st)
-        s.create_dataset("label", data=np.array([x["label"] for x in samples], dtype=np.int64))
-        s.create_dataset("answer", data=np.array([x["answer"] for x in samples], dtype=np.int64))
+        s.create_dataset("gold", data=np.array([x["gold"] for x in samples], dtype=np.int64))
+        # contiguous, its storage written now: write_sample overwrites one value in place
+        s.create_dataset("predicted", data=np.array([x["predicted"] for x in samples], dtype=np.int64))
         s.create_dataset("meta", data=np.array([_dumps(x["meta"]) for x in samples], dtype=object), dtype=st)
         f.create_group("results")
         for name, (array, attrs) in (static or {}).items():
@@ -335,6 +253,7 @@ class CacheWriter:
         self.n_samples = len(ident["samples"])
         self._limit = int(f.attrs["max_json_bytes"])
         self._ds: dict = {}
+        self._predicted = "predicted" in f["samples"]  # False in a schema-1 file
 
     def _dataset(self, name: str):
         # h5py's path lookups cost more than a small sample's write: each dataset is looked up once
@@ -393,10 +312,13 @@ class CacheWriter:
     def is_complete(self, i: int) -> bool:
         return bool(self._dataset("samples/complete")[i])
 
-    def write_sample(self, i: int, acts: dict, layout: dict, meta: dict | None = None):
+    def write_sample(self, i: int, acts: dict, layout: dict, meta: dict | None = None,
+                     predicted: int | None = None):
         """Store sample i: acts {hook: array [*shape]} (each shape at most the
-        hook's max_shape), its layout and optional run metadata (JSON-able),
-        then mark it complete. Nothing is kept in memory after the call."""
+        hook's max_shape), its layout, optional run metadata (JSON-able) and
+        the model's prediction (/samples/predicted; None: left as it is; a
+        schema-1 file has no place for it), then mark it complete. Nothing is
+        kept in memory after the call."""
         if not 0 <= i < self.n_samples:
             raise IndexError(f"{self.path}: sample index {i} out of range 0..{self.n_samples - 1}")
         if self._ident["hooks"] is None:
@@ -431,6 +353,8 @@ class CacheWriter:
             true.write_direct(np.asarray(np.shape(acts[name]), dtype=true.dtype), dest_sel=np.s_[i])
         self._dataset("layout")[i] = layout_b
         self._dataset("samples/run_meta")[i] = meta_b
+        if predicted is not None and self._predicted:
+            self._dataset("samples/predicted")[i] = int(predicted)
         f.flush()
         done[i] = True
         f.flush()
@@ -444,6 +368,7 @@ class CacheWriter:
         self._ident["hooks"] = spec
         _create(self.path, self._ident, _attr(self.path, "created"), self._limit, self._static)
         self._f = _open_h5(self.path, "r+")
+        self._predicted = True
 
     def write_result(self, name: str, array, attrs: dict | None = None, overwrite: bool = False):
         """Store an analysis output at /results/<name>. In place: not kill-safe
@@ -478,7 +403,7 @@ def _put_result(f, path, name, array, attrs, overwrite):
             raise ValueError(f"{path}: result {name!r} exists; pass overwrite=True to replace it")
         del f[full]
     a = np.asarray(array)
-    if a.dtype.kind == "U":
+    if a.dtype.kind == "U" or (a.dtype.kind == "O" and all(isinstance(x, str) for x in a.flat)):
         d = f.create_dataset(full, data=a.astype(object), dtype=h5py.string_dtype())
     else:
         d = f.create_dataset(full, data=a)
@@ -488,17 +413,23 @@ def _put_result(f, path, name, array, attrs, overwrite):
 # ---------------------------------------------------------------- reading
 
 class CacheReader:
-    """Read-only view of a store file; safe while a writer is running.
+    """Read-only view of a store file of either schema; safe while a writer is running.
 
     Each call reopens the file, so completion flags are always current.
+    Strings come back as ``str`` (ids, tasks, string results, attributes),
+    JSON as dicts and lists: ``config`` is the run's configuration; ``attrs``
+    the file's attributes with ``config`` and ``hooks`` decoded.
     """
 
     def __init__(self, path):
         self.path = Path(path)
         with _open_h5(self.path) as f:
             _read_identity(f, self.path)  # raises on a non-chronolens file
-            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-        self.config = json.loads(self.attrs["config"])
+            self.attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
+        for k in ("config", "hooks"):
+            if k in self.attrs:
+                self.attrs[k] = json.loads(self.attrs[k])
+        self.config = self.attrs["config"]
         self.n_samples = self.samples["id"].shape[0]
 
     @property
@@ -509,13 +440,16 @@ class CacheReader:
 
     @property
     def samples(self) -> dict[str, np.ndarray]:
-        """{'id', 'task': str [n]; 'label', 'answer': int [n]; 'complete': bool [n]}."""
+        """{'id', 'task': str [n]; 'gold': int [n] the ground truth (-1: none);
+        'predicted': int [n] the model's answer (-1: none recorded); 'complete':
+        bool [n]}. A schema-1 file's label and answer read as gold and predicted.
+        'label' and 'answer' are the same arrays as gold and predicted, kept
+        for older readers and deprecated: use gold and predicted."""
         with _open_h5(self.path) as f:
-            s = f["samples"]
-            out = {"id": s["id"].asstr()[()].astype(str), "task": s["task"].asstr()[()].astype(str),
-                   "label": s["label"][()], "answer": s["answer"][()]}
-            n = out["id"].shape[0]
+            out = sample_arrays(f)
+            s, n = f["samples"], out["id"].shape[0]
             out["complete"] = s["complete"][()] if "complete" in s else np.ones(n, bool)
+        out["label"], out["answer"] = out["gold"], out["predicted"]
         return out
 
     def complete(self) -> np.ndarray:
@@ -580,13 +514,14 @@ class CacheReader:
             return f[dataset][i].decode()
 
     def result(self, name: str):
-        """(array, attrs dict) stored at /results/<name>."""
+        """(array, attrs dict) stored at /results/<name>; strings as str (an
+        array of them: a numpy object array of str)."""
         with _open_h5(self.path) as f:
             if f"results/{name}" not in f:
                 raise KeyError(f"{self.path}: no result {name!r}; it holds {self._result_names(f)}")
             d = f[f"results/{name}"]
             a = d.asstr()[()] if h5py.check_string_dtype(d.dtype) else d[()]
-            return a, json.loads(d.attrs["attrs"])
+            return a, json.loads(d.attrs["attrs"]) if "attrs" in d.attrs else {}
 
     def results(self) -> list[str]:
         """Names of all stored results, e.g. ['flow/cross_frame']."""
