@@ -375,7 +375,7 @@ def load_results(path, accuracy_over: str | None = None) -> dict:
     fills = {"probs": np.nan, "knockout": np.nan, "layerwise": np.nan, "pred": -1, "kept": 0, "top": -1,
              "top_prob": np.nan, "knockout_top": -1, "knockout_top_prob": np.nan}
     arrays = {n: stored(path, n, fill) for n, fill in fills.items() if n in r.hooks}
-    out = reduce(arrays, np.array(r.samples["label"]), cfg["edge_list"], cfg["k"], cfg.get("answer_from", "letters"),
+    out = reduce(arrays, np.array(r.samples["gold"]), cfg["edge_list"], cfg["k"], cfg.get("answer_from", "letters"),
                  accuracy_over or cfg.get("accuracy_over", "kept"))
     task = np.array(r.samples["task"]).astype(str)
     out.update(task=task, tasks=list(dict.fromkeys(task.tolist())), config=cfg, model=r.attrs.get("model"))

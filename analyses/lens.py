@@ -398,7 +398,7 @@ def load_results(path, prefix: str = "lens") -> dict:
     _, attrs = r.result(f"{prefix}/vocab")
     out = {"readouts": list(attrs["readouts"]), "k": attrs["k"], "pool": attrs["pool"], "n_layers": attrs["n_layers"],
            "bin_width": attrs["bin_width"], "config": r.config, "model": r.attrs.get("model"),
-           "task": np.array(r.samples["task"]).astype(str), "label": np.array(r.samples["label"]),
+           "task": np.array(r.samples["task"]).astype(str), "label": np.array(r.samples["gold"]),
            "vocab": list(r.result(f"{prefix}/vocab")[0])}
     out["tasks"] = list(dict.fromkeys(out["task"].tolist()))
     out["words"], out["dropped"] = {}, {}

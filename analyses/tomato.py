@@ -367,7 +367,7 @@ def run_ablation(lm, samples: list[Sample], cfg: AblationConfig | None = None, d
             unit_skips.append((u.id, u.task, {**u.meta, "why": str(e)}))
             continue
         per.append(arrays)
-        rows.append({"id": u.id, "task": u.task, "label": u.label, **u.meta, **meta})
+        rows.append({"id": u.id, "task": u.task, "label": u.gold, **u.meta, **meta})
     if not per:
         raise ValueError(f"none of the {len(samples)} questions could be run (first: {skipped[0][0]}: {skipped[0][1]})")
     arrays = {n: np.stack([x[n] for x in per]) for n in per[0]}

@@ -53,8 +53,8 @@ def complete_indices(reader: Reader) -> np.ndarray:
     return _indices(reader, None)
 
 
-def load_labels(reader: Reader, samples=None, field: str = "label") -> np.ndarray:
-    """reader.samples[field] [k] (label, answer, id, task) of the complete samples (or the given ones)."""
+def load_labels(reader: Reader, samples=None, field: str = "gold") -> np.ndarray:
+    """reader.samples[field] [k] (gold, predicted, id, task) of the complete samples (or the given ones)."""
     s = reader.samples
     idx = _indices(reader, samples)
     if field not in s:
