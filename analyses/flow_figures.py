@@ -16,15 +16,36 @@ from analyses.flow import EDGE_LABELS, accuracy_rows, clean_accuracy
 
 
 def _legend(fig, axes, title, caption: str | None = None):
-    h, lab = axes[0].get_legend_handles_labels()
-    fig.tight_layout()
-    fig.legend(h, lab, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(lab), 4), fontsize=8,
-               title=title, title_fontsize=9)
-    if caption:
-        import textwrap
+    """One legend above the panels naming every line (from all panels), and
+    the caption (the answer rule, what the band is) below them."""
+    import textwrap
 
-        fig.text(0.5, 0.0, textwrap.fill(caption, int(fig.get_figwidth() * 17)), ha="center", va="top", fontsize=7,
+    seen: dict = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    fig.tight_layout()
+    width = fig.get_figwidth()
+    fig.legend(list(seen.values()), list(seen), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+               ncol=max(1, min(len(seen), int(width // 1.7))), fontsize=7,
+               title=textwrap.fill(title, int(width * 15)), title_fontsize=8)
+    if caption:
+        fig.text(0.5, 0.0, textwrap.fill(caption, int(width * 17)), ha="center", va="top", fontsize=6.5,
                  color="0.3")
+
+
+def edge_label(e: str) -> str:
+    """An edge type in words ('video_question' -> 'video -/-> question')."""
+    from analyses.plots import words
+
+    return EDGE_LABELS.get(e) or words(e)
+
+
+def _chance(res: dict, rows) -> float | None:
+    """1 / number of options, averaged over the rows (None when unknown)."""
+    k = np.asarray(res.get("n_options", []))[rows] if "n_options" in res else np.array([])
+    k = k[k > 0] if k.size else k
+    return float(np.mean(1.0 / k)) if k.size else None
 
 
 def window_label(center: int, k: int, n_layers: int) -> str:
@@ -45,8 +66,11 @@ def _window_axis(ax, n_layers: int, k: int) -> None:
     ax.set_xlabel(f"layers cut (window of {k})")
 
 
-def caption(res: dict, accuracy: bool = False) -> str:
-    """Which answer rule, samples and accuracy denominator the figure shows."""
+def caption(res: dict, accuracy: bool = False, band: bool = True) -> str:
+    """Which answer rule, samples and accuracy denominator the figure shows,
+    and what its shaded band is."""
+    from analyses.plots import BAND_NOTE
+
     rule = {"vocabulary": "argmax over the vocabulary (right only if the true letter)",
             "letters": "argmax over the option letters"}[res.get("answer_from", "letters")]
     samples = (res.get("config") or {}).get("samples")
@@ -54,44 +78,59 @@ def caption(res: dict, accuracy: bool = False) -> str:
     if accuracy:
         text += {"all": "; accuracy over all samples (a sample not kept counts as wrong)",
                  "kept": "; accuracy over the kept samples"}[res.get("accuracy_over", "kept")]
+    if band:
+        text += f"; line: mean, {BAND_NOTE} (n per panel)"
     return text
 
 
-def plot_flow(res: dict, metric: str = "flow"):
+# The physical range of each drawn quantity: a probability cannot fall by more
+# than all of it; an accuracy and a probability lie in [0, 1].
+PCT_CHANGE, UNIT = (-100.0, None), (0.0, 1.0)
+
+
+def plot_flow(res: dict, metric: str = "flow", width: float | None = None):
     """% change in probability against layer, one panel per task (kept samples
-    only), one line (mean, 95% band) per edge type, legend above."""
-    from analyses.plots import COLORS, band, panels
+    only; n in the title), one line (mean, 95% bootstrap band clipped at -100%)
+    per edge type, the panels sharing their y-axis, legend above."""
+    from analyses.plots import COLORS, MARKERS, band, panels, words
 
     tasks = res["tasks"]
-    fig, axes = panels(len(tasks))
+    fig, axes = panels(len(tasks), width=width, sharey=True)
     L = next(iter(res[metric].values())).shape[1]
     x = np.arange(1, L + 1)
     for ax, t in zip(axes, tasks):
         rows = (res["task"] == t) & res["kept"]
         ax.axhline(0, color="0.5", lw=0.8)
         for j, e in enumerate(res["edges"]):
+            c, mk = COLORS[j % len(COLORS)], MARKERS[j % len(MARKERS)]
             if rows.any():
-                band(ax, x, res[metric][e][rows], EDGE_LABELS.get(e, e), COLORS[j % len(COLORS)])
+                band(ax, x, res[metric][e][rows], edge_label(e), c, limits=PCT_CHANGE, marker=mk, mark_start=j)
             else:
-                ax.plot([], [], color=COLORS[j % len(COLORS)], label=EDGE_LABELS.get(e, e))
-        ax.set_title(f"{t} (n={int(rows.sum())})")
+                ax.plot([], [], color=c, marker=mk, ms=3, label=edge_label(e))
+        ax.set_title(f"{words(t)} (n={int(rows.sum())})")
         _window_axis(ax, L, res["k"])
+    for ax in axes[:: _ncols(axes)]:
         ax.set_ylabel("% change in probability")
     what = "ground truth" if metric == "flow" else "model's answer"
     _legend(fig, axes, f"Attention knockout ({what}), window k={res['k']}: {res.get('model', '')}", caption(res))
     return fig
 
 
-def plot_accuracy(res: dict):
+def _ncols(axes) -> int:
+    """Columns of the panel grid (to label the y-axis of the first column only)."""
+    return max(1, axes[0].get_subplotspec().get_gridspec().ncols)
+
+
+def plot_accuracy(res: dict, width: float | None = None):
     """Accuracy after knockout against the window, one panel per task (from
     flow_correct, over the samples ``analyses.flow.accuracy_rows`` takes:
     all, a sample not kept counting as wrong, or the kept ones), one line
-    (mean, 95% band) per edge type; the clean accuracy of the same samples
-    dashed grey."""
-    from analyses.plots import COLORS, band, panels
+    (mean, 95% bootstrap band within [0, 1]) per edge type; the clean
+    accuracy of the same samples dashed grey, chance dotted."""
+    from analyses.plots import COLORS, MARKERS, band, chance_line, panels, words
 
     tasks = res["tasks"]
-    fig, axes = panels(len(tasks))
+    fig, axes = panels(len(tasks), width=width, sharey=True)
     L = next(iter(res["flow_correct"].values())).shape[1]
     x = np.arange(1, L + 1)
     for ax, t in zip(axes, tasks):
@@ -99,14 +138,19 @@ def plot_accuracy(res: dict):
         n = len(accuracy_rows(res, res["edges"][0], task))
         if n:
             ax.axhline(clean_accuracy(res, task), color="0.5", lw=0.8, ls="--", label="no knockout")
+        ch = _chance(res, task)
+        if ch is not None:
+            chance_line(ax, ch)
         for j, e in enumerate(res["edges"]):
+            c, mk = COLORS[j % len(COLORS)], MARKERS[j % len(MARKERS)]
             if n:
-                band(ax, x, accuracy_rows(res, e, task), EDGE_LABELS.get(e, e), COLORS[j % len(COLORS)])
+                band(ax, x, accuracy_rows(res, e, task), edge_label(e), c, limits=UNIT, marker=mk, mark_start=j)
             else:
-                ax.plot([], [], color=COLORS[j % len(COLORS)], label=EDGE_LABELS.get(e, e))
+                ax.plot([], [], color=c, marker=mk, ms=3, label=edge_label(e))
         ax.set_ylim(-0.05, 1.05)
-        ax.set_title(f"{t} (n={n})")
+        ax.set_title(f"{words(t)} (n={n})")
         _window_axis(ax, L, res["k"])
+    for ax in axes[:: _ncols(axes)]:
         ax.set_ylabel("accuracy after knockout")
     _legend(fig, axes, f"Accuracy after attention knockout, window k={res['k']}: {res.get('model', '')}",
             caption(res, accuracy=True))
@@ -138,50 +182,73 @@ def random_label(res: dict) -> str:
     return "random edges cut (uniform over layers)"
 
 
-def plot_pathways(res: dict):
+def plot_pathways(res: dict, width: float | None = None):
     """Accuracy of the full model, with the effective pathways only, and with
-    the same number of random edges cut (mean and sd over seeds), per task."""
-    from analyses.plots import COLORS, panels
+    the same number of random edges cut (bar: mean over seeds, whisker: sd,
+    within [0, 1]), per task (n and the share of edges kept under its name);
+    chance dotted."""
+    import textwrap
+
+    from analyses.plots import COLORS, COLUMN, chance_line, panels, words
 
     rows = _pathway_rows(res)
-    fig, axes = panels(1, width=max(4.0, 0.9 * len(rows) + 1.5), height=2.6)
+    width = width or min(7.0, max(COLUMN, 0.75 * len(rows) + 1.2))
+    fig, axes = panels(1, width=width, height=2.4)
     ax = axes[0]
     x = np.arange(len(rows))
     w = 0.27
-    full = [r[2] for r in rows]
-    pw = [r[3] for r in rows]
-    rnd, sd = [r[4] for r in rows], [r[5] for r in rows]
+    full = np.array([r[2] for r in rows])
+    pw = np.array([r[3] for r in rows])
+    rnd, sd = np.array([r[4] for r in rows]), np.nan_to_num(np.array([r[5] for r in rows]))
     ax.bar(x - w, full, w, color=COLORS[0], label="full model")
     ax.bar(x, pw, w, color=COLORS[2], label="effective pathways")
-    ax.bar(x + w, rnd, w, yerr=sd, color=COLORS[1], label=random_label(res), capsize=2)
-    ax.set_xticks(x, [f"{r[0]}\n{100 * r[6]:.0f}% kept" for r in rows], fontsize=7)
+    yerr = np.stack([np.minimum(sd, rnd), np.minimum(sd, 1 - rnd)])  # mean +- sd, kept within [0, 1]
+    n_seeds = len(res["pathways"]["attrs"].get("seeds", []))
+    ax.bar(x + w, rnd, w, yerr=yerr, color=COLORS[1], capsize=2,
+           label=textwrap.fill(random_label(res) + (f": mean, whisker sd over {n_seeds} seeds" if n_seeds > 1 else ""),
+                               int(width * 14)))
+    ch = _chance(res, np.ones(len(res["task"]), bool))
+    if ch is not None:
+        chance_line(ax, ch)
+    if width >= 0.9 * len(rows) + 1:
+        ax.set_xticks(x, [f"{words(r[0])}\nn={r[1]}, {100 * r[6]:.0f}% kept" for r in rows], fontsize=6)
+    else:  # narrow: one line per task, upright
+        ax.set_xticks(x, [f"{words(r[0])} (n={r[1]}, {100 * r[6]:.0f}%)" for r in rows], fontsize=6, rotation=90)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
+    ax.set_xlabel("task (samples, share of edges kept)")
     attrs = res["pathways"]["attrs"]
     _legend(fig, axes, f"Effective pathways {attrs.get('pathways', '')}: {res.get('model', '')}")
     return fig
 
 
-def plot_layerwise(res: dict):
+def plot_layerwise(res: dict, width: float | None = None):
     """Layer-wise probability of the true vs false option letters at the last
-    position, one panel per task (all samples), without and with the final norm."""
-    from analyses.plots import COLORS, band, panels
+    position, one panel per task (all samples; n in the title), without and
+    with the final norm (mean, 95% bootstrap band within [0, 1]), the panels
+    sharing their y-axis."""
+    from analyses.plots import COLORS, band, panels, words
 
     lw, tasks = res["layerwise"], res["tasks"]
-    fig, axes = panels(len(tasks))
+    fig, axes = panels(len(tasks), width=width, sharey=True)
     L = lw["true"].shape[1]
     x = np.arange(1, L + 1)
     for ax, t in zip(axes, tasks):
         rows = res["task"] == t
-        band(ax, x, lw["true"][rows], "true option", COLORS[0])
-        band(ax, x, lw["false"][rows], "false options (mean)", COLORS[1])
-        band(ax, x, lw["true_norm"][rows], "true option, final norm", COLORS[2])
-        band(ax, x, lw["false_norm"][rows], "false options, final norm", COLORS[3])
-        ax.set_title(t)
+        band(ax, x, lw["true"][rows], "true option", COLORS[0], limits=UNIT)
+        band(ax, x, lw["false"][rows], "false options (mean)", COLORS[1], limits=UNIT)
+        band(ax, x, lw["true_norm"][rows], "true option, final norm", COLORS[2], limits=UNIT, ls="--")
+        band(ax, x, lw["false_norm"][rows], "false options, final norm", COLORS[3], limits=UNIT, ls="--")
+        ax.set_title(f"{words(t)} (n={int(rows.sum())})")
         ax.set_xlabel("layer")
+        step = max(1, -(-L // 8))
+        ax.set_xticks(x[::step])
+    for ax in axes[:: _ncols(axes)]:
         ax.set_ylabel("probability")
-        ax.set_xticks(x)
-    _legend(fig, axes, f"Layer-wise answer probability: {res.get('model', '')}")
+    from analyses.plots import BAND_NOTE
+
+    _legend(fig, axes, f"Layer-wise answer probability: {res.get('model', '')}",
+            f"samples: all; line: mean, {BAND_NOTE} (n per panel); dashed: after the final norm")
     return fig
 
 

@@ -18,7 +18,7 @@ def bin_labels(bins) -> list[str]:
     return [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in np.asarray(bins)]
 
 
-def plot_words(res: dict):
+def plot_words(res: dict, width: float | None = None):
     """Heatmap per readout: rows = word lists, columns = layer bins, colour and
     text = the row-normalised share of the list's top-1 hits in that bin."""
     from analyses.plots import panels
@@ -26,7 +26,9 @@ def plot_words(res: dict):
     rs = res["readouts"]
     W = len(next(iter(res["word"].values()))["lists"])
     B = len(next(iter(res["word"].values()))["bins"])
-    fig, axes = panels(len(rs), width=max(2.8, 0.55 * B + 1.6), height=0.45 * W + 1.3, ncols=min(len(rs), 3))
+    each = max(2.2, 0.4 * B + 1.3)  # inches a panel needs
+    width = width or min(7.0, each * len(rs))
+    fig, axes = panels(len(rs), width=width, height=0.4 * W + 1.3, ncols=max(1, min(len(rs), int(width // each))))
     for ax, r in zip(axes, rs):
         c = res["word"][r]
         ax.imshow(c["shares"], cmap="Blues", vmin=0, vmax=1, aspect="auto")
@@ -39,14 +41,17 @@ def plot_words(res: dict):
         ax.set_xticks(range(B), bin_labels(c["bins"]), rotation=45 if B > 6 else 0, fontsize=7)
         ax.set_yticks(range(W), [f"{n} (n={h})" for n, h in zip(c["lists"], c["hits"])], fontsize=7)
         ax.set_xlabel("layers applied (bin)")
+        ax.set_ylabel("word list (top-1 hits)")
         ax.set_title(READOUT_LABELS[r], fontsize=8)
-    fig.suptitle(f"Logit lens on video tokens: top-1 in word list, row-normalised ({res.get('model', '')})",
-                 fontsize=9)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(f"Logit lens on video tokens: top-1 in word list, row-normalised "
+                               f"({res.get('model', '')})", int(width * 14)), fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_top_tokens(res: dict, readout: str = "embed"):
+def plot_top_tokens(res: dict, readout: str = "embed", width: float | None = None):
     """The most frequent top-1 token per layer entry (rows) and frame group
     (columns, plus 'all'), over samples and the group's tokens; colour = its share."""
     import matplotlib.pyplot as plt
@@ -67,12 +72,13 @@ def plot_top_tokens(res: dict, readout: str = "embed"):
             i, s = cell[0] if cell else (-1, 0.0)
             share[e, g] = s
             text[e, g] = (vocab[i] if 0 <= i < len(vocab) else "") + f"\n{s:.0%}"
-    fig, ax = plt.subplots(figsize=(0.75 * (G + 1) + 1.5, 0.32 * E + 1.2))
+    width = width or min(7.0, 0.75 * (G + 1) + 1.5)
+    fig, ax = plt.subplots(figsize=(width, 0.32 * E + 1.2))
     ax.imshow(share, cmap="Greens", vmin=0, vmax=1, aspect="auto")
     ax.grid(False)
     for e in range(E):
         for g in range(G + 1):
-            ax.text(g, e, text[e, g], ha="center", va="center", fontsize=5.5,
+            ax.text(g, e, text[e, g], ha="center", va="center", fontsize=5.5 if width / (G + 1) >= 0.45 else 4.5,
                     color="white" if share[e, g] > 0.65 else "black")
     ax.set_xticks(range(G + 1), [f"f{g}" for g in range(G)] + ["all"], fontsize=7)
     ax.set_yticks(range(E), [str(e) for e in range(E)], fontsize=7)
