@@ -193,7 +193,8 @@ def plot_pathways(res: dict, width: float | None = None):
 
     rows = _pathway_rows(res)
     width = width or min(7.0, max(COLUMN, 0.75 * len(rows) + 1.2))
-    fig, axes = panels(1, width=width, height=2.4)
+    wide = width >= 0.9 * len(rows) + 1  # room for two-line labels under each group
+    fig, axes = panels(1, width=width, height=2.4 if wide else 3.4)
     ax = axes[0]
     x = np.arange(len(rows))
     w = 0.27
@@ -210,10 +211,11 @@ def plot_pathways(res: dict, width: float | None = None):
     ch = _chance(res, np.ones(len(res["task"]), bool))
     if ch is not None:
         chance_line(ax, ch)
-    if width >= 0.9 * len(rows) + 1:
+    if wide:
         ax.set_xticks(x, [f"{words(r[0])}\nn={r[1]}, {100 * r[6]:.0f}% kept" for r in rows], fontsize=6)
     else:  # narrow: one line per task, upright
-        ax.set_xticks(x, [f"{words(r[0])} (n={r[1]}, {100 * r[6]:.0f}%)" for r in rows], fontsize=6, rotation=90)
+        ax.set_xticks(x, [f"{words(r[0])} (n={r[1]}, {100 * r[6]:.0f}%)" for r in rows], fontsize=6, rotation=45,
+                      ha="right", rotation_mode="anchor")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
     ax.set_xlabel("task (samples, share of edges kept)")
