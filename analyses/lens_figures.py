@@ -21,7 +21,7 @@ def bin_labels(bins) -> list[str]:
 def plot_words(res: dict, width: float | None = None):
     """Heatmap per readout: rows = word lists, columns = layer bins, colour and
     text = the row-normalised share of the list's top-1 hits in that bin."""
-    from analyses.plots import panels
+    from analyses.plots import panels, words
 
     rs = res["readouts"]
     W = len(next(iter(res["word"].values()))["lists"])
@@ -39,7 +39,7 @@ def plot_words(res: dict, width: float | None = None):
                 ax.text(b, w, f"{v:.2f}" if c["hits"][w] else "-", ha="center", va="center", fontsize=7,
                         color="white" if v > 0.6 else "black")
         ax.set_xticks(range(B), bin_labels(c["bins"]), rotation=45 if B > 6 else 0, fontsize=7)
-        ax.set_yticks(range(W), [f"{n} (n={h})" for n, h in zip(c["lists"], c["hits"])], fontsize=7)
+        ax.set_yticks(range(W), [f"{words(n)} (n={h})" for n, h in zip(c["lists"], c["hits"])], fontsize=7)
         ax.set_xlabel("layers applied (bin)")
         ax.set_ylabel("word list (top-1 hits)")
         ax.set_title(READOUT_LABELS[r], fontsize=8)
