@@ -221,6 +221,8 @@ def declare(lm, units, window: int = 10, horizons=("end",), rows: str | None = N
     rows = rows or ("response" if text else "after-video")
     if rows not in ROWS:
         raise UsageError(f"--rows {rows!r}: choose from {', '.join(ROWS)}")
+    if text and rows != "response":
+        raise UsageError(f"--rows {rows}: a text trace has no video; its rows are the response")
     if response not in RESPONSES:
         raise UsageError(f"--response {response!r}: choose from {', '.join(RESPONSES)}")
     if from_file:

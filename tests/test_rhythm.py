@@ -123,7 +123,8 @@ def test_organism_end_to_end(organism_file):
 
 def test_bad_flags_are_usage_errors(tmp_path, capsys):
     for bad, says in [(["--window", "0"], "--window 0"), (["--horizons", "v7"], "--horizons"),
-                      (["--model", "organism", "--dataset", "reasoning"], "text")]:
+                      (["--model", "organism", "--dataset", "reasoning"], "text"),
+                      (["--rows", "after-video"], "no video")]:
         assert cli_boundary(rhythm.main)([*bad, "--out", str(tmp_path / "x.h5"), "--no-progress"]) == 2
         assert says in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
