@@ -34,6 +34,7 @@ from tracing.registry import ORGANISM_DIR, LoadedModel
 from tracing.families import recipe
 
 from .build import ARCH, FAMILY, build_config, build_model, build_tokenizer
+from .runs import is_same_folder, new_run_folder, output_folder
 
 VIDEO_TASKS = TEMPORAL_TASKS + STATIC_TASKS
 # Training seeds stay below this; held-out evaluation uses seeds above it.
@@ -202,17 +203,12 @@ def save(model, tok, out: Path, log: list[dict], seed: int, steps: int, stages: 
 
 def default_out(seed: int, steps: int) -> Path:
     """A folder that does not exist yet: organism-runs/seed<S>-steps<N>[-k]."""
-    base = Path("organism-runs") / f"seed{seed}-steps{steps}"
-    out, k = base, 1
-    while out.exists():
-        k += 1
-        out = base.with_name(f"{base.name}-{k}")
-    return out
+    return new_run_folder("organism-runs", seed, steps)
 
 
 def is_committed(folder: Path) -> bool:
     """Whether ``folder`` is the committed checkpoint (organism/checkpoint)."""
-    return Path(folder).expanduser().resolve() == ORGANISM_DIR.resolve()
+    return is_same_folder(folder, ORGANISM_DIR)
 
 
 def main(argv=None):
@@ -240,17 +236,7 @@ def main(argv=None):
                          f"repeatable, e.g. --weight rotation=3")
     a = ap.parse_args(argv)
     # Before anything is built: the committed checkpoint is written only on request.
-    if a.replace_checkpoint:
-        if a.out is not None and not is_committed(a.out):
-            ap.error(f"--replace-checkpoint writes {ORGANISM_DIR}; --out {a.out} is another folder: "
-                     f"give one of the two")
-        out = ORGANISM_DIR
-    elif a.out is not None and is_committed(a.out):
-        ap.error(f"--out {a.out} is the committed checkpoint: pass --replace-checkpoint to write over it, "
-                 f"or choose another folder")
-    else:
-        out = Path(a.out) if a.out is not None else default_out(a.seed, a.steps)
-    out = out.absolute()
+    out = output_folder(ap, a.out, a.replace_checkpoint, ORGANISM_DIR, "organism-runs", a.seed, a.steps)
     weights = {}
     for item in a.weight:
         task, _, w = item.partition("=")

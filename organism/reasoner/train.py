@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from tasks.reasoning import FAMILIES, HELD_OUT_SEED, TRAIN_LENGTHS, make
+from organism.runs import is_same_folder, new_run_folder, output_folder
 from tracing.traces import prompt_ids
 
 from .build import ARCH, build_config, build_model, build_tokenizer
@@ -180,19 +181,14 @@ def save(model, tok, out: Path, log, seed, steps_done, hparams, arch, seconds, r
 
 def default_out(seed: int, steps: int) -> Path:
     """A folder that does not exist yet: reasoner-runs/seed<S>-steps<N>[-k]."""
-    base = Path("reasoner-runs") / f"seed{seed}-steps{steps}"
-    out, k = base, 1
-    while out.exists():
-        k += 1
-        out = base.with_name(f"{base.name}-{k}")
-    return out
+    return new_run_folder("reasoner-runs", seed, steps)
 
 
 def is_committed(folder: Path) -> bool:
     """Whether ``folder`` is the committed checkpoint (organism/reasoner/checkpoint)."""
     from . import REASONER_DIR
 
-    return Path(folder).expanduser().resolve() == REASONER_DIR.resolve()
+    return is_same_folder(folder, REASONER_DIR)
 
 
 def main(argv=None):
@@ -220,17 +216,7 @@ def main(argv=None):
                          f"as --model reasoner)")
     a = ap.parse_args(argv)
     # Before anything is built: the committed checkpoint is written only on request.
-    if a.replace_checkpoint:
-        if a.out is not None and not is_committed(a.out):
-            ap.error(f"--replace-checkpoint writes {REASONER_DIR}; --out {a.out} is another folder: "
-                     f"give one of the two")
-        out = REASONER_DIR
-    elif a.out is not None and is_committed(a.out):
-        ap.error(f"--out {a.out} is the committed checkpoint: pass --replace-checkpoint to write over it, "
-                 f"or choose another folder")
-    else:
-        out = Path(a.out) if a.out is not None else default_out(a.seed, a.steps)
-    out = out.absolute()
+    out = output_folder(ap, a.out, a.replace_checkpoint, REASONER_DIR, "reasoner-runs", a.seed, a.steps)
     print(f"training the reasoner for {a.steps} steps (seed {a.seed}) into {out}", flush=True)
     train(a.steps, a.seed, out, batch_tokens=a.batch_tokens, lr=a.lr, warmup=a.warmup, threads=a.threads,
           init=None if a.init is None else Path(a.init))
