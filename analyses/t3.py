@@ -30,7 +30,14 @@ same C, to labels that are a random but fixed function of the sample's input
 type (`input_type`: the question and which colour is on which side, not when),
 drawn from the task's label distribution. Selectivity = probe accuracy -
 control accuracy: how much of the accuracy the probe owes to reading the
-temporal property rather than to memorising what the clips show.
+temporal property rather than to memorising what the clips show. A control
+label can be memorised only for a type seen in training, and not every test
+type is (at 96 samples, 67 of 96 referring and 57 of 96 'when' test questions
+have a recurring type): over all test questions the control accuracy is
+capped and selectivity inflated. Both accuracies of the selectivity are
+therefore scored on the recurring test questions only (their count is
+stored and shown), and its spread over the probe seeds is reported: tasks
+with few types (brightness, size change: 8) swing widely between seeds.
 
     python -m analyses.t3 --model organism --samples 96
 
@@ -58,7 +65,8 @@ import numpy as np
 
 from tasks.synthetic import BACKGROUNDS, SHAPES, T3_ASPECTS, T3_TASKS, caption_prompt
 from tasks.t3 import input_type, t3_dataset
-from probes.groups import PROBE_SEEDS, PROBES, control_accuracy, probe_accuracy, probe_factory
+from probes.control import recurring
+from probes.groups import PROBE_SEEDS, PROBES, accuracy_over, control_correct, probe_correct, probe_factory
 from tasks.types import Sample
 
 VISION, PROJECTOR = "vision.hook_out", "projector.hook_out"
@@ -180,10 +188,18 @@ class T3Result:
         concatenated); probe_last [T, R, S]: at the last position (NaN for the
         vision and projector stages, which have no last position).
     control_frames, control_last [T, R, S]: the same probes' accuracy on the
-        control task (NaN where none was run); selectivity_frames /
-        selectivity_last = probe - control.
+        control task over all test questions (NaN where none was run); capped
+        where test types do not occur in training: not for selectivity.
+    probe_frames_recurring, probe_last_recurring, control_frames_recurring,
+        control_last_recurring [T, R, S]: the same probes scored on the test
+        questions whose input type recurs in training (NaN where a task has
+        none); selectivity_frames / selectivity_last [T, R, S] = probe -
+        control on those questions, per seed.
     video_acc, text_acc, chance [T]: the model's accuracy with the video, with
         the captions, and 1 / n_options; n_test [T] test questions per task.
+    n_recurring [T]: test questions whose input type occurs in the task's
+        training split; n_recurring_types, n_test_types [T]: distinct input
+        types among those and among all test questions (-1: not computed).
     """
 
     model: str
@@ -199,19 +215,40 @@ class T3Result:
     config: dict
     control_frames: np.ndarray = None
     control_last: np.ndarray = None
+    probe_frames_recurring: np.ndarray = None
+    probe_last_recurring: np.ndarray = None
+    control_frames_recurring: np.ndarray = None
+    control_last_recurring: np.ndarray = None
+    n_recurring: np.ndarray = None
+    n_recurring_types: np.ndarray = None
+    n_test_types: np.ndarray = None
 
     def __post_init__(self):
-        for name in ("control_frames", "control_last"):
+        for name in _PER_SEED[2:]:
             if getattr(self, name) is None:
                 setattr(self, name, np.full_like(self.probe_frames, np.nan, dtype=float))
+        for name in _COUNTS:
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(len(self.tasks), -1))
 
     @property
     def selectivity_frames(self) -> np.ndarray:
-        return self.probe_frames - self.control_frames
+        """[T, R, S]: probe - control accuracy on the recurring test questions, per seed."""
+        return self.probe_frames_recurring - self.control_frames_recurring
 
     @property
     def selectivity_last(self) -> np.ndarray:
-        return self.probe_last - self.control_last
+        return self.probe_last_recurring - self.control_last_recurring
+
+    def selectivity_spread(self, where: str = "frames") -> dict[str, np.ndarray]:
+        """Selectivity over the probe seeds, [T, S] each: 'mean', 'sd' (population
+        standard deviation, numpy's std), 'min', 'max'; NaN where there is none."""
+        sel = getattr(self, f"selectivity_{where}")
+        out = {}
+        with np.errstate(invalid="ignore"):
+            for name, f in (("mean", np.mean), ("sd", np.std), ("min", np.min), ("max", np.max)):
+                out[name] = f(sel, axis=1)
+        return out
 
     def aspects(self) -> dict[str, dict[str, np.ndarray]]:
         """Paper aspect -> {'video', 'text', 'probe_projector', 'probe_last_layer': [R] or scalar},
@@ -234,21 +271,49 @@ class T3Result:
     def table(self) -> str:
         """Per task text table, percent: chance, the model (video / captions), and
         probes at the video positions (vision, projector, best LLM layer) and at
-        the last position of the last layer, each probe followed by its
-        selectivity (accuracy - control-task accuracy, 'sel'). Means over seeds."""
+        the last position of the last layer (means over seeds, all test
+        questions), each probe followed by its selectivity ('sel': probe -
+        control-task accuracy, both on the test questions whose input type
+        recurs in training; mean ± sd over seeds), then the recurring count;
+        a footnote says what the numbers are."""
+        import textwrap
+
         proj = self.stages.index("projector")
-        rows = [f"{'task':<12}{'chance':>7}{'video':>7}{'text':>7}{'enc':>7}{'sel':>6}{'proj':>7}{'sel':>6}"
-                f"{'best layer (frames)':>22}{'sel':>6}{'last layer (last)':>19}{'sel':>6}"]
+        spread = {w: self.selectivity_spread(w) for w in ("frames", "last")}
+        R = len(self.seeds)
+
+        def sel(where, i, s):
+            m, sd = spread[where]["mean"][i, s], spread[where]["sd"][i, s]
+            if not np.isfinite(m):
+                return "—"
+            return f"{100 * m:.1f}" + (f"±{100 * sd:.1f}" if R > 1 else "")
+
+        rows = [f"{'task':<12}{'chance':>7}{'video':>7}{'text':>7}{'enc':>7}{'sel':>11}{'proj':>7}{'sel':>11}"
+                f"{'best layer (frames)':>22}{'sel':>11}{'last layer (last)':>19}{'sel':>11}  recurring"]
         for i, t in enumerate(self.tasks):
             f, la = self.probe_frames[i].mean(0), self.probe_last[i].mean(0)
-            sf, sl = self.selectivity_frames[i].mean(0), self.selectivity_last[i].mean(0)
             b = proj + 1 + int(np.argmax(f[proj + 1:]))
             best = f"{100 * f[b]:.1f} ({self.stages[b]})"
+            rec = (f"{int(self.n_recurring[i])}/{int(self.n_test[i])} "
+                   f"({int(self.n_recurring_types[i])}/{int(self.n_test_types[i])} types)"
+                   if self.n_recurring[i] >= 0 else "not computed")
             rows.append(f"{t:<12}{100 * self.chance[i]:7.1f}{100 * self.video_acc[i]:7.1f}"
-                        f"{100 * self.text_acc[i]:7.1f}{100 * f[0]:7.1f}{100 * sf[0]:6.1f}"
-                        f"{100 * f[proj]:7.1f}{100 * sf[proj]:6.1f}{best:>22}{100 * sf[b]:6.1f}"
-                        f"{100 * la[-1]:19.1f}{100 * sl[-1]:6.1f}")
-        return "\n".join(rows)
+                        f"{100 * self.text_acc[i]:7.1f}{100 * f[0]:7.1f}{sel('frames', i, 0):>11}"
+                        f"{100 * f[proj]:7.1f}{sel('frames', i, proj):>11}{best:>22}{sel('frames', i, b):>11}"
+                        f"{100 * la[-1]:19.1f}{sel('last', i, -1):>11}  {rec}")
+        spread_note = (f"mean ± standard deviation over the {R} probe seeds (numpy's std, ddof 0; each seed draws "
+                       "its own cross-validation folds and control labels)" if R > 1 else
+                       "one probe seed, so no spread")
+        note = ("Probe columns: accuracy on all test questions, mean over seeds. sel: selectivity in points, probe "
+                "minus control-task accuracy (Hewitt and Liang), both scored on the recurring test questions only, "
+                "those whose input type also occurs in training (recurring: those questions / all test "
+                f"questions, and their input types / all test input types); {spread_note}.")
+        none = [t for i, t in enumerate(self.tasks) if self.n_recurring[i] == 0]
+        if none:
+            note += f" —: no test input type of {', '.join(none)} occurs in training, so no selectivity."
+        elif not np.isfinite(self.selectivity_frames).any():
+            note += " —: no control task was run."
+        return "\n".join(rows + textwrap.wrap(note, 110))
 
 
 def stage_names(n_layers: int) -> list[str]:
@@ -258,8 +323,11 @@ def stage_names(n_layers: int) -> list[str]:
 def run_probes(reader, n_layers: int, factory=None, seeds=PROBE_SEEDS, progress: bool = True, types=None):
     """Probe every task at every stage from a T3 cache -> dict of 'tasks' and,
     [T, R, S] each (see T3Result for the axes), 'probe_frames', 'probe_last',
-    'control_frames', 'control_last'. types: the input type of every sample
-    of the cache [n_samples] (input_type), or None: no control task (NaN)."""
+    'control_frames', 'control_last' (all test samples), the same four with
+    '_recurring' (scored on the test samples whose input type occurs in the
+    task's training split), and [T] each 'n_recurring', 'n_recurring_types',
+    'n_test_types'. types: the input type of every sample of the cache
+    [n_samples] (input_type), or None: no control task (NaN; counts -1)."""
     from tqdm import tqdm
 
     s = reader.samples
@@ -274,8 +342,8 @@ def run_probes(reader, n_layers: int, factory=None, seeds=PROBE_SEEDS, progress:
     tasks = [t for t in T3_TASKS if t in set(s["task"])]
     layers = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
     S, R = 2 + n_layers, len(seeds)
-    out = {name: np.full((len(tasks), R, S), np.nan)
-           for name in ("probe_frames", "probe_last", "control_frames", "control_last")}
+    out = {name: np.full((len(tasks), R, S), np.nan) for name in _PER_SEED}
+    out |= {name: np.full(len(tasks), -1) for name in _COUNTS}
     for ti, t in enumerate(tqdm(tasks, desc="probes", unit="task", disable=not progress)):
         idx = np.flatnonzero(s["task"] == t)
         y, tr, te, q = s["gold"][idx], split[idx] == "train", split[idx] == "test", question[idx]
@@ -285,14 +353,24 @@ def run_probes(reader, n_layers: int, factory=None, seeds=PROBE_SEEDS, progress:
         vis = frame_view(reader.acts(key(VISION, FRAMES), idx))
         llm = np.stack([frame_view(reader.acts(key(h, FRAMES), idx)) for h in [PROJECTOR, *layers]])
         lst = np.stack([reader.acts(key(h, LAST), idx) for h in layers])
+        if types is not None:
+            ty = np.asarray(types)[idx]
+            # The type starts with the question, so a type seen in the task's training
+            # split is seen in its question's too: one mask for the per-question and
+            # the pooled probes.
+            rec = recurring(ty, tr, te, q)
+            out["n_recurring"][ti] = rec.sum()
+            out["n_recurring_types"][ti], out["n_test_types"][ti] = len(set(ty[rec])), len(set(ty[te]))
         for X, at, where, groups in ((vis, slice(0, 1), "frames", q), (llm, slice(1, None), "frames", q),
                                      (lst, slice(2, None), "last", None)):
             what = f"{t}/{'vision' if X is vis else where}"
-            acc, Cs = probe_accuracy(X, y, tr, te, groups, factory, seeds, what, return_C=True)
-            out[f"probe_{where}"][ti, :, at] = acc
+            ok, Cs = probe_correct(X, y, tr, te, groups, factory, seeds, what)
+            out[f"probe_{where}"][ti, :, at] = accuracy_over(ok, te)
             if types is not None:
-                out[f"control_{where}"][ti, :, at] = control_accuracy(
-                    X, np.asarray(types)[idx], y, tr, te, Cs, groups, factory, seeds, what)
+                ok_c = control_correct(X, ty, y, tr, te, Cs, groups, factory, seeds, what)
+                out[f"control_{where}"][ti, :, at] = accuracy_over(ok_c, te)
+                out[f"probe_{where}_recurring"][ti, :, at] = accuracy_over(ok, rec)
+                out[f"control_{where}_recurring"][ti, :, at] = accuracy_over(ok_c, rec)
     return {"tasks": tasks, **out}
 
 
@@ -305,8 +383,16 @@ def model_accuracy(task: np.ndarray, label: np.ndarray, pred: np.ndarray, tasks:
 # ---------------------------------------------------------------- results
 
 _ARRAYS = ("probe_frames", "probe_last", "video_acc", "text_acc", "chance", "n_test")
-_CONTROL = ("control_frames", "control_last", "selectivity_frames", "selectivity_last")
+_PER_SEED = ("probe_frames", "probe_last", "control_frames", "control_last", "probe_frames_recurring",
+             "probe_last_recurring", "control_frames_recurring", "control_last_recurring")  # [T, R, S]
+_COUNTS = ("n_recurring", "n_recurring_types", "n_test_types")  # [T]
+_STORED = _ARRAYS + _PER_SEED[2:] + _COUNTS  # what load_results reads back
+_DERIVED = ("selectivity_frames", "selectivity_last")  # stored too, for readers of the file
 PROBE_ARGS = ("C", "cv", "probe", "probe_seeds", "probe_tol")  # the probe stage's request
+# Part of every probe request: a file whose T3 results predate the selectivity on
+# recurring input types (version 1, no 'results' key) is refused by the probe
+# stage with the difference named, and --overwrite redoes only the probes.
+RESULTS_VERSION = 2
 
 
 def probe_results(path, n_layers: int, request: dict, types: list[str], device: str = "cpu",
@@ -336,10 +422,10 @@ def probe_results(path, n_layers: int, request: dict, types: list[str], device: 
         pred = stored(path, f"{form}_pred", fill=-1)[test, 0]
         res[f"{form}_acc"] = model_accuracy(task, label, pred, names)
         extra[f"{form}_pred"], extra[f"{form}_probs"] = pred, stored(path, f"{form}_probs")[test]
-    res["selectivity_frames"] = res["probe_frames"] - res["control_frames"]
-    res["selectivity_last"] = res["probe_last"] - res["control_last"]
+    for where in ("frames", "last"):
+        res[f"selectivity_{where}"] = res[f"probe_{where}_recurring"] - res[f"control_{where}_recurring"]
     axes = {"model": reader.attrs.get("model"), "tasks": names, "stages": stage_names(n_layers), "seeds": seeds}
-    return {name: (res[name], axes) for name in _ARRAYS + _CONTROL} | {n: (a, axes) for n, a in extra.items()}
+    return {name: (res[name], axes) for name in _STORED + _DERIVED} | {n: (a, axes) for n, a in extra.items()}
 
 
 def load_results(path) -> T3Result:
@@ -350,8 +436,13 @@ def load_results(path) -> T3Result:
     r = CacheReader(path)
     if "t3/request" not in r.results():
         raise KeyError(f"{path}: no T3 results (it holds {r.results()}); run python -m analyses.t3 first")
+    missing = [n for n in _STORED if f"t3/{n}" not in r.results()]
+    if missing:
+        raise KeyError(f"{path}: T3 results of an older version (no {', '.join(missing)}: written before "
+                       "selectivity was scored on recurring input types); rerun the same python -m analyses.t3 "
+                       "command with --overwrite, which redoes only the probes")
     arrays = {}
-    for name in _ARRAYS + _CONTROL[:2]:
+    for name in _STORED:
         arrays[name], axes = r.result(f"t3/{name}")
     config = {**r.config, **r.result("t3/request")[1]}
     return T3Result(model=axes["model"], tasks=list(axes["tasks"]), stages=list(axes["stages"]),
@@ -476,6 +567,7 @@ def finish(lm, out, samples: list[Sample], request: dict, device: str = "cpu", o
     request's results; another request needs ``overwrite``) -> T3Result."""
     from analyses.run import later_stage
 
+    request = {**request, "results": RESULTS_VERSION}
     types = [input_type(s) for s in samples]
     later_stage(out, "t3", request,
                 lambda: probe_results(out, lm.n_layers, request, types, device, progress), overwrite=overwrite)

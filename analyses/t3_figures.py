@@ -12,10 +12,14 @@ from analyses.t3 import T3Result
 
 def plot_layers(res: T3Result, width: float | None = None):
     """Probe accuracy against stage/layer, one panel per task (the panels
-    sharing their y-axis; test questions n in the title): frames concatenated
-    and last position (mean, 95% bootstrap band over seeds, within 0-100%),
-    the same probes on the control task dashed (selectivity is the gap), the
-    model's video and text accuracies as horizontal lines, chance dotted.
+    sharing their y-axis; test questions n and how many of them have an
+    input type that recurs in training in the title): frames concatenated
+    and last position (mean, 95% bootstrap band over seeds, within 0-100%,
+    all test questions), the same probes on the control task dashed, scored
+    on the recurring test questions only (a control label can be memorised
+    only for a type seen in training; the table's selectivity compares the
+    probe on those same questions), the model's video and text accuracies as
+    horizontal lines, chance dotted.
     Lines that coincide (several at 100%) keep apart by their markers and a
     small horizontal offset."""
     from analyses.plots import BAND_NOTE, COLORS as C, band, chance_line, panels, words
@@ -31,15 +35,17 @@ def plot_layers(res: T3Result, width: float | None = None):
              marker="o", offset=-0.08)
         band(ax, x[2:], 100 * res.probe_last[i][:, 2:], "probe: last position", C[2], limits=lim, marker="s",
              offset=0.08, mark_start=1)
-        if np.isfinite(res.control_frames[i]).any():
-            ax.plot(x - 0.08, 100 * np.nanmean(res.control_frames[i], 0), color=C[0], lw=1, ls="--",
-                    label="control task: video positions")
-            ax.plot(x[2:] + 0.08, 100 * np.nanmean(res.control_last[i][:, 2:], 0), color=C[2], lw=1, ls="--",
-                    label="control task: last position")
+        if np.isfinite(res.control_frames_recurring[i]).any():
+            ax.plot(x - 0.08, 100 * res.control_frames_recurring[i].mean(0), color=C[0], lw=1, ls="--",
+                    label="control task: video positions (recurring types)")
+        if np.isfinite(res.control_last_recurring[i][:, 2:]).any():
+            ax.plot(x[2:] + 0.08, 100 * res.control_last_recurring[i][:, 2:].mean(0), color=C[2], lw=1,
+                    ls="--", label="control task: last position (recurring types)")
         ax.axhline(100 * res.video_acc[i], color=C[1], lw=1.2, label="model, video")
         ax.axhline(100 * res.text_acc[i], color=C[3], lw=1.2, ls=(0, (4, 2)), label="model, captions (text)")
         chance_line(ax, 100 * res.chance[i])
-        ax.set_title(f"{words(t)} (n={int(res.n_test[i])})")
+        rec = f", {int(res.n_recurring[i])} recurring" if res.n_recurring[i] >= 0 else ""
+        ax.set_title(f"{words(t)} (n={int(res.n_test[i])}{rec})")
         ax.set_ylim(0, 104)
         step = max(1, -(-len(x) // 8))
         ax.set_xticks(x[::step], ["enc", "proj", *[s.split()[-1] for s in res.stages[2:]]][::step], fontsize=6)
@@ -54,8 +60,9 @@ def plot_layers(res: T3Result, width: float | None = None):
     w = fig.get_figwidth()
     fig.legend(h, lab, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=max(1, min(3, int(w // 2.2))),
                fontsize=7, title=f"T3 probes vs answers: {res.model}", title_fontsize=8)
-    note = (f"n: test questions; probe lines: mean over {len(res.seeds)} seeds, {BAND_NOTE}; lines at the same "
-            "value are drawn side by side (markers, offset).")
+    note = (f"n: test questions; recurring: those whose input type occurs in training, on which the dashed "
+            f"control lines are scored; probe lines: mean over {len(res.seeds)} seeds, {BAND_NOTE}; lines at the "
+            "same value are drawn side by side (markers, offset).")
     fig.text(0.5, 0.0, textwrap.fill(note, int(w * 17)), ha="center", va="top", fontsize=6.5, color="0.3")
     return fig
 

@@ -60,6 +60,25 @@ def control_labels(types, n_classes: int, seed: int = 0, labels=None) -> np.ndar
     return per_type[inverse]
 
 
+def recurring(types, train, test, groups=None) -> np.ndarray:
+    """The test samples whose input type also occurs among the training
+    samples (of their group, when groups [N] are given: a probe fitted per
+    group sees only its group's training types) -> boolean mask [N].
+
+    Only these can have their control label memorised: a test sample of an
+    unseen type gets a control label no probe was trained on, so over all
+    test samples the control accuracy is capped and the selectivity inflated
+    by the share of unseen types. Score both tasks on this mask."""
+    types = np.asarray(types)
+    train, test = np.asarray(train, bool), np.asarray(test, bool)
+    if types.ndim != 1 or not types.shape == train.shape == test.shape:
+        raise ValueError(f"types, train, test: expected 1-d arrays of one length, got shapes "
+                         f"{types.shape}, {train.shape}, {test.shape}")
+    keys = list(zip(np.zeros(len(types), int) if groups is None else np.asarray(groups).tolist(), types.tolist()))
+    seen = {k for k, t in zip(keys, train) if t}
+    return test & np.array([k in seen for k in keys], bool)
+
+
 def selectivity(real_acc, control_acc):
     """Selectivity = real-task accuracy - control-task accuracy, elementwise
     (e.g. per layer [L]); a float for scalars."""

@@ -7,7 +7,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from probes.control import control_labels, selectivity
+from probes.control import control_labels, recurring, selectivity
 from probes.data import RunningStandardizer, complete_indices, iter_feature_chunks, load_features, load_labels
 from probes.evaluate import accuracy, balanced_accuracy, chance_level, evaluate_probe
 from probes.linear import cv_folds
@@ -218,6 +218,63 @@ def test_selectivity_by_hand():
     # real task 0.82, control task 0.47 -> 0.35; per layer
     assert selectivity(0.82, 0.47) == pytest.approx(0.35)
     np.testing.assert_allclose(selectivity([0.9, 0.6, 0.5], [0.5, 0.55, 0.5]), [0.4, 0.05, 0.0])
+
+
+def test_recurring_types_against_sets():
+    rng = np.random.default_rng(0)
+    n = 200
+    types = rng.choice([f"t{i}" for i in range(60)], size=n)
+    groups = rng.integers(3, size=n)
+    train = rng.random(n) < 0.5
+    test = ~train & (rng.random(n) < 0.9)            # some samples in neither split
+    for g in (None, groups):
+        key = list(zip(types, [0] * n if g is None else g))
+        seen = {k for k, t in zip(key, train) if t}
+        expect = [bool(te and k in seen) for k, te in zip(key, test)]
+        assert recurring(types, train, test, g).tolist() == expect
+    # pooled, a type recurs wherever in training it occurs; per group, only in its group's
+    assert (recurring(types, train, test, groups) <= recurring(types, train, test)).all()
+    assert recurring(types, train, test, groups).sum() < recurring(types, train, test).sum()
+    assert not recurring(["a", "b"], [True, False], [False, True]).any()
+    with pytest.raises(ValueError, match="one length"):
+        recurring(types[:3], train, test)
+
+
+def test_selectivity_on_recurring_types_equals_probes_scored_on_that_subset():
+    """The per-sample scores of probe_correct / control_correct, averaged over
+    the recurring test samples, equal the public accuracies refitted with the
+    test split cut down to those samples, and an independent scikit-learn
+    LogisticRegression on the same standardised features; a mask with no
+    sample gives NaN."""
+    from probes.groups import accuracy_over, control_accuracy, control_correct, probe_accuracy, probe_correct, \
+        probe_factory
+
+    rng = np.random.default_rng(1)
+    X, y = planted(2, 160, 12, K=3, strength=1.5, seed=2)
+    types = rng.integers(40, size=160)
+    train = np.arange(160) < 80
+    test = ~train
+    rec = recurring(types, train, test)
+    assert 0 < rec.sum() < test.sum()
+    f = probe_factory(C=0.5, kind="sklearn", tol=1e-8)
+    seeds = (0, 1)
+    ok, Cs = probe_correct(X, y, train, test, None, f, seeds)
+    ok_c = control_correct(X, types, y, train, test, Cs, None, f, seeds)
+    assert ok.shape == ok_c.shape == (2, 2, 160) and np.isnan(ok[..., train]).all()
+    sel = accuracy_over(ok, rec) - accuracy_over(ok_c, rec)
+    np.testing.assert_allclose(accuracy_over(ok, test), probe_accuracy(X, y, train, test, None, f, seeds))
+    np.testing.assert_allclose(accuracy_over(ok_c, test), control_accuracy(X, types, y, train, test, Cs, None, f,
+                                                                           seeds))
+    by_subset = (probe_accuracy(X, y, train, rec, None, f, seeds)
+                 - control_accuracy(X, types, y, train, rec, Cs, None, f, seeds))
+    np.testing.assert_allclose(sel, by_subset)
+    # scikit-learn alone, on the first layer, seed 1's control labels
+    m, sd = X[0, train].mean(0), X[0, train].std(0)
+    lr = lambda lab: LogisticRegression(C=0.5, tol=1e-10, max_iter=10000).fit((X[0, train] - m) / sd, lab[train])
+    z = (X[0, rec] - m) / sd
+    yc = control_labels(types, 3, seed=1, labels=y)
+    assert sel[1, 0] == pytest.approx((lr(y).predict(z) == y[rec]).mean() - (lr(yc).predict(z) == yc[rec]).mean())
+    assert np.isnan(accuracy_over(ok, np.zeros(160, bool))).all()
 
 
 # ---------------------------------------------------------------- evaluation

@@ -252,7 +252,8 @@ def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
     np.testing.assert_array_equal(tp.predict(X[:, te]), sp.predict(X[:, te]))
 
     # the control task: labels a fixed random function of each sample's input
-    # type, the same probe (C 1.0), and selectivity = accuracy - control as stored
+    # type, the same probe (C 1.0), over all test questions as stored; the
+    # selectivity: probe - control on the recurring test questions, as stored
     rf = CacheReader(out)
     types = np.array([t3data.input_type(x) for x in samples])
     np.testing.assert_array_equal(rf.result("t3/input_type")[0], types)
@@ -263,9 +264,158 @@ def test_tiny_run_cache_and_probe_values_recomputed(tiny_run, tiny):
     for where in ("frames", "last"):
         probe_acc, control = getattr(res, f"probe_{where}"), getattr(res, f"control_{where}")
         assert (np.isfinite(control) == np.isfinite(probe_acc)).all()
+        p_rec, c_rec = getattr(res, f"probe_{where}_recurring"), getattr(res, f"control_{where}_recurring")
         stored, _ = rf.result(f"t3/selectivity_{where}")
-        np.testing.assert_array_equal(stored, probe_acc - control)
+        np.testing.assert_array_equal(stored, p_rec - c_rec)
+        np.testing.assert_array_equal(getattr(res, f"selectivity_{where}"), p_rec - c_rec)
         np.testing.assert_array_equal(rf.result(f"t3/control_{where}")[0], control)
+        np.testing.assert_array_equal(rf.result(f"t3/control_{where}_recurring")[0], c_rec)
+
+
+def _recurring_by_sets(types, task, train, t):
+    """Test questions of task t whose type is among its training types, counted with sets."""
+    seen = {ty for ty, k, tr in zip(types, task, train) if k == t and tr}
+    test = [ty for ty, k, tr in zip(types, task, train) if k == t and not tr]
+    return sum(ty in seen for ty in test), len({ty for ty in test if ty in seen}), len(set(test))
+
+
+def test_tiny_run_selectivity_on_recurring_types_recomputed(tiny_run):
+    """The recurring counts against sets of the stored types and split; the
+    selectivity of 'when' at the projector (one probe per asked colour) and of
+    'order' at layer 3's last position refitted by hand on the recurring test
+    questions only (the run's probe: torch, C 1.0, seed 0)."""
+    res, out = tiny_run
+    r = CacheReader(out)
+    types = r.result("t3/input_type")[0].tolist()
+    task = np.asarray(r.samples["task"]).astype(str)
+    train = np.array([r.meta(i)["split"] == "train" for i in range(r.n_samples)])
+    counts = [_recurring_by_sets(types, task, train, t) for t in res.tasks]
+    assert res.n_recurring.tolist() == [c[0] for c in counts]
+    assert res.n_recurring_types.tolist() == [c[1] for c in counts]
+    assert res.n_test_types.tolist() == [c[2] for c in counts]
+    back = t3.load_results(out)
+    for name in ("n_recurring", "n_recurring_types", "n_test_types", "probe_frames_recurring",
+                 "control_last_recurring"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(res, name))
+    assert 0 < res.n_recurring.min() and (res.n_recurring < res.n_test).any()  # both cases occur here
+    for i, t in enumerate(res.tasks):
+        assert f"{res.n_recurring[i]}/{res.n_test[i]} ({res.n_recurring_types[i]}/{res.n_test_types[i]} types)" \
+            in res.table().splitlines()[1 + i]
+
+    probe = groups.probe_factory(C=1.0)
+    types = np.array(types)
+    y, q = np.asarray(r.samples["gold"]), np.array([r.meta(i)["question"] for i in range(r.n_samples)])
+    seen = {(k, ty) for k, ty, tr in zip(task, types, train) if tr}
+    rec = ~train & np.array([(k, ty) in seen for k, ty in zip(task, types)])
+
+    def fit_score(X, labels, tr, te):
+        if len(set(labels[tr])) < 2:  # a control draw with one class in training predicts it
+            return labels[te] == labels[tr][0]
+        return probe(0).fit(X[tr], labels[tr]).predict(X[te])[0] == labels[te]
+
+    proj = r.acts(t3.key("projector.hook_out", "frame_mean")).reshape(r.n_samples, -1)
+    w = task == "when"
+    yc = np.zeros_like(y)
+    yc[w] = control_labels(types[w], 3, seed=0, labels=y[w])
+    ok, ok_c = [], []
+    for question in sorted(set(q[w])):
+        tr, te = w & (q == question) & train, w & (q == question) & rec
+        ok.append(fit_score(proj, y, tr, te))
+        ok_c.append(fit_score(proj, yc, tr, te))
+    p_rec, c_rec = np.concatenate(ok).mean(), np.concatenate(ok_c).mean()
+    assert len(np.concatenate(ok)) == res.n_recurring[1]
+    assert res.probe_frames_recurring[1, 0, 1] == pytest.approx(p_rec)
+    assert res.control_frames_recurring[1, 0, 1] == pytest.approx(c_rec)
+    assert res.selectivity_frames[1, 0, 1] == pytest.approx(p_rec - c_rec)
+
+    h = r.acts(t3.key("blocks.3.hook_resid_post", "last"))
+    o = task == "order"
+    yc = np.zeros_like(y)
+    yc[o] = control_labels(types[o], 4, seed=0, labels=y[o])
+    sel = fit_score(h, y, o & train, o & rec).mean() - fit_score(h, yc, o & train, o & rec).mean()
+    assert res.selectivity_last[0, 0, 2 + 3] == pytest.approx(sel)
+
+
+def test_selectivity_spread_over_seeds_and_the_table(tiny_run):
+    """The spread is numpy's std / min / max over the stored per-seed values;
+    the table shows mean ± sd, the recurring counts and a note of both; a task
+    without a recurring test type shows no selectivity and says why."""
+    res, _ = tiny_run
+    rng = np.random.default_rng(0)
+    R, S = 3, len(res.stages)
+    per_seed = {n: rng.random((2, R, S)) for n in ("probe_frames", "probe_last", "probe_frames_recurring",
+                                                   "probe_last_recurring", "control_frames_recurring",
+                                                   "control_last_recurring")}
+    per_seed["probe_last"][:, :, :2] = per_seed["probe_last_recurring"][:, :, :2] = np.nan
+    many = replace(res, seeds=[0, 1, 2], **per_seed)
+    for where in ("frames", "last"):
+        sel = per_seed[f"probe_{where}_recurring"] - per_seed[f"control_{where}_recurring"]
+        spread = many.selectivity_spread(where)
+        np.testing.assert_array_equal(spread["sd"], np.std(sel, axis=1))
+        np.testing.assert_array_equal(spread["min"], np.min(sel, axis=1))
+        np.testing.assert_array_equal(spread["max"], np.max(sel, axis=1))
+        np.testing.assert_array_equal(spread["mean"], np.mean(sel, axis=1))
+    sel = per_seed["probe_frames_recurring"] - per_seed["control_frames_recurring"]
+    proj = res.stages.index("projector")
+    row = many.table().splitlines()[1]
+    assert f"{100 * sel[0, :, proj].mean():.1f}±{100 * sel[0, :, proj].std():.1f}" in row
+    assert "mean ± standard deviation over the 3 probe seeds" in " ".join(many.table().split())
+    assert "one probe seed, so no spread" in " ".join(res.table().split())
+
+    # no recurring test type in 'when': its selectivity is NaN, shown as '—' with a note
+    nan = np.full((R, S), np.nan)
+    none = replace(many, n_recurring=np.array([many.n_recurring[0], 0]),
+                   n_recurring_types=np.array([many.n_recurring_types[0], 0]),
+                   probe_frames_recurring=np.stack([per_seed["probe_frames_recurring"][0], nan]),
+                   control_frames_recurring=np.stack([per_seed["control_frames_recurring"][0], nan]),
+                   probe_last_recurring=np.stack([per_seed["probe_last_recurring"][0], nan]),
+                   control_last_recurring=np.stack([per_seed["control_last_recurring"][0], nan]))
+    table = none.table()
+    assert np.isnan(none.selectivity_spread("frames")["sd"][1]).all()
+    assert table.splitlines()[2].count("—") == 4 and "±" not in table.splitlines()[2]
+    assert "no test input type of when occurs in training, so no selectivity" in " ".join(table.split())
+
+
+def test_run_probes_without_a_recurring_test_type_gives_nan_not_an_error(tiny_run, tiny):
+    """Test types renamed so that none occurs in training: counts 0, the
+    recurring accuracies and selectivity NaN; the all-question accuracies stay."""
+    res, out = tiny_run
+    r = CacheReader(out)
+    types = [("unseen " if r.meta(i)["split"] == "test" else "") + t
+             for i, t in enumerate(r.result("t3/input_type")[0])]
+    got = t3.run_probes(r, tiny.n_layers, groups.probe_factory(C=1.0), (0,), progress=False, types=types)
+    assert got["n_recurring"].tolist() == got["n_recurring_types"].tolist() == [0, 0]
+    assert got["n_test_types"].tolist() == res.n_test_types.tolist()
+    for where in ("frames", "last"):
+        assert np.isnan(got[f"probe_{where}_recurring"]).all() and np.isnan(got[f"control_{where}_recurring"]).all()
+        np.testing.assert_allclose(got[f"probe_{where}"], getattr(res, f"probe_{where}"))
+
+
+def test_old_results_are_refused_with_a_message(tiny_run, tmp_path):
+    """A file whose T3 results predate the recurring-type selectivity: the
+    probe stage refuses it naming the difference (--overwrite, which redoes
+    only the probes, is tested above), and load_results says what to do."""
+    import json
+    import shutil
+
+    import h5py
+
+    from analyses.run import RunError
+
+    _, src = tiny_run
+    out = tmp_path / "old.h5"
+    shutil.copy(src, out)
+    with h5py.File(out, "r+") as f:
+        d = f["results/t3/request"]
+        d.attrs["attrs"] = json.dumps({k: v for k, v in json.loads(d.attrs["attrs"]).items() if k != "results"})
+        for name in t3._COUNTS + t3._PER_SEED[4:]:
+            del f[f"results/t3/{name}"]
+    with pytest.raises(KeyError, match="older version.*--overwrite"):
+        t3.load_results(out)
+    args = ["--model", TINY, "--tasks", ",".join(TINY_TASKS), "--samples", str(TINY_N), "--frames",
+            str(TINY_FRAMES), "--C", "1.0", "--probe-seeds", "1", "--no-progress", "--out", str(out)]
+    with pytest.raises(RunError, match=r"t3.results: '<absent>' \(in file\) vs 2 \(this run\)"):
+        t3.main(args)
 
 
 from _notebooks import run_notebook  # noqa: E402
