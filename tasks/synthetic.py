@@ -480,9 +480,18 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+# Render seeds of the datasets the analyses build start here. The organism was
+# trained on render seeds below it (0-172,799: organism/train.py), so no clip an
+# analysis evaluates by default was seen in training.
+EVAL_SEED_BASE = 10_000_000
+
+
 def task_seed(task: str, seed: int, i: int) -> int:
-    """The render seed of the i-th sample of `task` in a dataset built with `seed`."""
-    return int(seed) * 1_000_003 + int(i)
+    """The render seed of the i-th sample of `task` in a dataset built with `seed`
+    (>= 0): EVAL_SEED_BASE + seed * 1_000_003 + i, above every training seed."""
+    if int(seed) < 0:
+        raise ValueError(f"dataset seed {seed} < 0: dataset seeds count from 0 (render seeds from {EVAL_SEED_BASE})")
+    return EVAL_SEED_BASE + int(seed) * 1_000_003 + int(i)
 
 
 def make_dataset(tasks: list[str] | None, n_per_task: int, seed: int = 0, n_frames: int | None = None,

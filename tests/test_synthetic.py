@@ -235,6 +235,29 @@ def test_make_dataset_balanced_and_deterministic():
     assert [s.n_frames for s in mixed] == [TASKS[t].default_frames for t in TASKS]
 
 
+def test_default_datasets_render_from_seeds_the_organism_never_trained_on():
+    # The organism's training samples: render(task, seed_base + j) with
+    # seed_base = (seed * 100_003 + step) * batch % 10_000_000 (organism/train.py),
+    # for every stage of its train_log.json.
+    from pathlib import Path
+
+    from tasks.t3 import t3_dataset
+
+    log = json.loads((Path(__file__).parents[1] / "organism/checkpoint/train_log.json").read_text())
+    trained = set()
+    for st in log["stages"]:
+        for step in range(st["from_step"], st["from_step"] + st["steps"]):
+            base = (st["seed"] * 100_003 + step) * st["batch"] % 10_000_000
+            trained.update(range(base, base + st["batch"]))
+    assert min(trained) == 0 and max(trained) == 172_799  # the range the model card states
+    seeds = [int(s.id.rsplit("-", 1)[1]) for s in make_dataset(None, 3)]
+    seeds += [int(s.id.rsplit("-", 1)[1]) for s in make_dataset(["direction"], 3, seed=7)]
+    seeds += [int(s.id.rsplit("-", 1)[1]) for s in t3_dataset(["order"], 4, n_frames=2, size=16)]
+    assert min(seeds) >= 10_000_000 and not trained & set(seeds)
+    with pytest.raises(ValueError, match="dataset seed -1"):
+        make_dataset(["direction"], 1, seed=-1)
+
+
 def test_captions_describe_frames():
     for s in range(10):
         for task in ("count", "order3", "direction"):
