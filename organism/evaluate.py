@@ -96,16 +96,17 @@ def seed_sets(k: int, n: int) -> list[list[int]]:
     return [[HELD_OUT_SEED + j * SET_STRIDE, HELD_OUT_SEED + j * SET_STRIDE + n - 1] for j in range(k)]
 
 
-def training_seed_range(log: dict) -> list[int]:
+def training_seed_range(log: dict, blocks: bool = False) -> list[int]:
     """[lowest, highest] render seed a training run drew, from its train_log.json:
     organism/train.py renders seeds seed_base + j, j < the step's batch size (half
-    the batch on caption steps), seed_base = (seed * 100_003 + step) * batch % HELD_OUT_SEED."""
+    the batch on caption steps), seed_base = (seed * 100_003 + step) * batch % HELD_OUT_SEED.
+    blocks: count every step's whole block of `batch` seeds, caption steps included."""
     stages = log.get("stages") or [{"from_step": 0, "steps": log["steps"], "batch": 32, "seed": log["seed"]}]
     lo, hi = None, None
     for st in stages:
         batch = st.get("batch", 32)
         for step in range(st["from_step"], st["from_step"] + st["steps"]):
-            size = batch // 2 if SCHEDULE[step % len(SCHEDULE)] == "text" else batch
+            size = batch // 2 if SCHEDULE[step % len(SCHEDULE)] == "text" and not blocks else batch
             base = (st["seed"] * 100_003 + step) * batch % HELD_OUT_SEED
             lo = base if lo is None else min(lo, base)
             hi = base + size - 1 if hi is None else max(hi, base + size - 1)
@@ -188,9 +189,10 @@ scaffolding ({vocab} tokens). Prompt: LLaVA-NeXT-Video's
 Common to every stage: AdamW, warm-up then cosine, gradient clipping 1.0,
 batch 32 of fresh samples every step, answer-letter cross-entropy at the last
 position; one thread on a shared 2-core machine ({minutes} minutes in all).
-Training render seeds: {train_seeds} (step s draws seeds
-(seed x 100,003 + s) x 32 mod {held} onwards, 32 per step, 16 on caption
-steps), all below the held-out seeds.
+Training render seeds: {train_seeds} (step s draws from the block of 32
+starting at (seed x 100,003 + s) x 32 mod {held}: all 32 on video steps, the
+first 16 on caption steps; the blocks span {train_blocks}), all below the
+held-out seeds.
 - Steps 0-299: single-frame questions only (grounding: position, colour,
   size; static colour) at 1-8 frames. Mixing every task from step 0 learnt
   nothing in 600 steps (loss stuck at the log of the option count, even for
@@ -304,6 +306,7 @@ def write_card(result: dict, out: Path) -> None:
                    if k > 1 else "Each cell: the one set's accuracy."))
     text = CARD.format(arch=arch, vocab=facts["vocab"], stages=stages_text(log), minutes=minutes,
                        held=f"{HELD_OUT_SEED:,}", train_seeds=f"{train_seeds[0]:,} to {train_seeds[1]:,}",
+                       train_blocks="{:,} to {:,}".format(*training_seed_range(log, blocks=True)),
                        caption=caption, table=markdown(result), variation=variation_text(result), notes=notes)
     (out / "README.md").write_text(text)
 

@@ -65,6 +65,7 @@ def test_seed_sets_are_disjoint_and_held_out(result):
     assert sets[0][0] == HELD_OUT_SEED  # set 0 is the set that the one-set card used
     log = json.loads((ORGANISM_DIR / "train_log.json").read_text())
     assert result["training_seeds"] == training_seed_range(log) == [0, 172_783]
+    assert training_seed_range(log, blocks=True) == [0, 172_799]  # tests/test_synthetic.py counts whole blocks
     spans = sorted(sets)
     for (a, b), (c, _) in zip(spans, spans[1:]):
         assert b < c
