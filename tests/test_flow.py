@@ -459,7 +459,17 @@ def test_lens_step_stores_the_lens_of_the_same_samples(tiny_run, tiny):
     samples = load_dataset("synthetic", n_frames=TINY_FRAMES, limit=TINY_LIMIT, tasks=TINY_TASKS, seed=0).samples
     direct = lens.video_lens(tiny, samples, k=5, readouts=lens.READOUTS, progress=False)
     for r in direct["readouts"]:
-        np.testing.assert_array_equal(back["topk_ids"][r], direct["topk_ids"][r])
+        ids_b, ids_d = back["topk_ids"][r], direct["topk_ids"][r]
+        np.testing.assert_allclose(back["topk_probs"][r], direct["topk_probs"][r], rtol=0, atol=1e-5)
+        # two batchings of the same forward differ in float rounding: a random-weight
+        # model's near-tied logits may swap places, never other tokens
+        swapped = ids_b != ids_d
+        assert swapped.mean() < 1e-3
+        probs = back["topk_probs"][r]
+        for *pos, j in zip(*np.nonzero(swapped)):
+            p = probs[tuple(pos)]
+            near = [abs(p[j] - p[i]) for i in (j - 1, j + 1) if 0 <= i < len(p)]
+            assert j == len(p) - 1 or min(near) < 1e-5, (pos, j, p)  # tied with a neighbour
     np.testing.assert_array_equal(back["pred"], direct["pred"])
     figs = out.with_name(out.stem + "_figures")
     assert (figs / "lens_words.png").exists() and (figs / "lens_words.pdf").exists()
