@@ -481,7 +481,7 @@ def _jsonable(v: Any) -> Any:
 
 
 # Render seeds of the datasets the analyses build start here. The organism was
-# trained on render seeds below it (0-172,799: organism/train.py), so no clip an
+# trained on render seeds below it (within 0-172,799: organism/train.py), so no clip an
 # analysis evaluates by default was seen in training.
 EVAL_SEED_BASE = 10_000_000
 

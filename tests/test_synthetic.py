@@ -249,7 +249,7 @@ def test_default_datasets_render_from_seeds_the_organism_never_trained_on():
         for step in range(st["from_step"], st["from_step"] + st["steps"]):
             base = (st["seed"] * 100_003 + step) * st["batch"] % 10_000_000
             trained.update(range(base, base + st["batch"]))
-    assert min(trained) == 0 and max(trained) == 172_799  # the range the model card states
+    assert min(trained) == 0 and max(trained) == 172_799  # the blocks drawn from (caption steps render half of one)
     seeds = [int(s.id.rsplit("-", 1)[1]) for s in make_dataset(None, 3)]
     seeds += [int(s.id.rsplit("-", 1)[1]) for s in make_dataset(["direction"], 3, seed=7)]
     seeds += [int(s.id.rsplit("-", 1)[1]) for s in t3_dataset(["order"], 4, n_frames=2, size=16)]
