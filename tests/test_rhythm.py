@@ -231,3 +231,23 @@ def test_notebook_redraws_from_the_file(organism_file, tmp_path, monkeypatch):
     assert n_images == 5
     want = rhythm_summary.table(rhythm_summary.summarize(out, {"draws": 200}))
     assert want in text and str(out) in text
+
+
+def test_findings_block_states_the_stored_rates(reasoner_file, organism_file):
+    """python -m analyses.findings' rhythm block: the rates of both stored runs
+    in its table, and sentences whose 'more' / 'less' follow them."""
+    from analyses import findings
+
+    text = findings.rhythm_block({"rhythm_reasoner": str(reasoner_file), "rhythm_organism": str(organism_file)})
+    flat = " ".join(text.split())
+    t, v = rhythm_summary.summarize(reasoner_file), rhythm_summary.summarize(organism_file)
+    tf, vf = t["peak_follow"][1], v["peak_follow"][1]
+    assert (f"| FAI peak at or right after a WAAD peak (k = 1) | {100 * tf.observed:.1f}% vs random "
+            f"{100 * tf.baseline:.1f}% | {100 * vf.observed:.1f}% vs {100 * vf.baseline:.1f}% |") in text
+    assert f"anchors come {'more' if tf.observed > tf.baseline else 'less'} often after a WAAD peak" in flat
+    assert f"follow WAAD peaks {'more' if vf.observed > vf.baseline else 'less'} often" in flat
+    b = t["boundary"]
+    assert f"step starts {'more' if b.observed > b.baseline else 'less'} often than chance" in flat
+    d = v["informative"]["direction"]
+    assert f"direction {100 * d['share']:.1f}% vs {100 * d['control_share']:.1f}%" in flat
+    assert f"{len(t['units'])} greedy traces of the reasoner" in flat and f"{len(v['units'])} organism traces" in flat

@@ -639,3 +639,30 @@ def test_undefined_metrics_are_one_line_each():
             warnings.warn("something else", UserWarning)
     assert lines == ["note: kappa is undefined (task count): its denominator accuracy is 0",
                      "note: tau is undefined (task when): an accuracy has no questions"]
+
+
+def test_findings_block_states_the_stored_accuracies(synthetic_run):
+    """python -m analyses.findings' TOMATO block: its table equals the
+    accuracies recomputed here from the stored per-question correctness, and
+    its sentences name the tasks those numbers single out."""
+    from analyses import findings
+
+    text = findings.tomato_block({"tomato": str(synthetic_run)})
+    flat = " ".join(text.split())
+    ab = T.load_results(synthetic_run)
+    tasks = ab.tasks.astype(str)
+    acc = {}
+    for t in ("direction", "order", "static_color"):
+        m = tasks == t
+        a = [100 * float(np.nanmean(x[m])) for x in (ab.correct_of("single_first"), ab.correct_of("multi"),
+                                                    ab.shuffled_correct(), ab.correct_of("reversed"))]
+        acc[t] = a
+        row = f"| {findings._words(t)} | " + " | ".join(f"{v:.1f}" for v in a) + " |"
+        assert row in text, (row, text)
+    flips = [t for t in ("direction", "order") if acc[t][3] <= 10 and acc[t][1] >= 90]
+    first = [t for t in ("direction", "order") if acc[t][0] >= 80]
+    assert f"reversed, {findings.listing([findings._words(t) for t in flips])} answer the opposite" in flat
+    assert ("answered from the first frame alone" in flat) == bool(first)
+    s = acc["static_color"]
+    assert f"the static control stays at {s[0]:.0f} / {s[1]:.0f} / {s[2]:.0f} / {s[3]:.0f}" in flat
+    assert "3 questions per task, m = 8 frames" in flat and "2 shuffle seeds" in flat
