@@ -192,8 +192,13 @@ def _strongest(res: dict, edge: str) -> dict[str, tuple[float, str, int]]:
     return out
 
 
+def layers(label: str) -> str:
+    """'layers 1-2' or 'layer 1'."""
+    return f"layer{'s' if '-' in str(label) else ''} {label}"
+
+
 def _cells(s: dict, tasks, digits: int = 0) -> str:
-    return listing([f"{_words(t)} {pct(s[t][0], digits)} (layers {s[t][1]})" for t in tasks])
+    return listing([f"{_words(t)} {pct(s[t][0], digits)} ({layers(s[t][1])})" for t in tasks])
 
 
 def flow_block(paths: dict) -> str:
@@ -219,7 +224,7 @@ def flow_text(res: dict) -> str:
          "change of the right answer's probability over the windows, with the layers that window cuts."]
     b.append(f"- Cross-frame knockout hurts most on the tasks that compare frames: {_cells(cf, hurt)}; on "
              f"static colour and the grounding questions, which one frame answers, it stays within "
-             f"{one_max:.0f}%, as Map the Flow finds for video vs image-only models."
+             f"{one_max:.1f}%, as Map the Flow finds for video vs image-only models."
              + (f" It barely matters (less than 10%) for {_cells(cf, barely)}." if barely else ""))
     vl_first = [t for t in multi if vl[t][0] < vq[t][0]]
     top_vl = sorted(multi, key=lambda t: vl[t][0])[:5]
@@ -237,15 +242,15 @@ def flow_text(res: dict) -> str:
         where[ql[t][1]] = where.get(ql[t][1], 0) + 1
     common = max(where, key=where.get) if where else "-"
     b.append(f"- Question -/-> last lowers the answer's probability by half or more on {len(half)} of "
-             f"{len(res['tasks'])} tasks, most of them ({where.get(common, 0)}) in the window cutting layers "
-             f"{common}: the option letters live in the question.")
+             f"{len(res['tasks'])} tasks, most of them ({where.get(common, 0)}) in the window cutting "
+             f"{layers(common)}: the option letters live in the question.")
     return "\n".join(_wrap(x, indent="  " if x.startswith("- ") else "") for x in b)
 
 
 def pathways_block(paths: dict) -> str:
     """The effective pathways found on the organism and the random control."""
     from analyses.flow import load_results
-    from analyses.flow_figures import _pathway_rows, random_label
+    from analyses.flow_figures import _pathway_rows
 
     res = load_results(ROOT / paths["flow"])
     if "pathways" not in res:
@@ -253,11 +258,17 @@ def pathways_block(paths: dict) -> str:
     a = res["pathways"]["attrs"]
     rows = {r[0]: r for r in _pathway_rows(res)}
     g, n, full, p, rm, rsd, share = rows["all"]
-    ranges = ", ".join(f"{k} = layer{'s' if '-' in str(v) else ''} {v}" for k, v in _ranges(a["pathways"]).items())
+    ranges = ", ".join(f"{k} = {layers(v)}" for k, v in _ranges(a["pathways"]).items())
+    if a.get("random_control") == "per-layer":
+        control = (f"in every layer {100 * a['random_ratio']:.1f}% of its causal edges among the positions from the "
+                   "first video token on")
+    else:
+        control = "as many edges as the pathways cut, drawn uniformly over layers and positions"
     text = (f"**Effective pathways** (`python -m analyses.flow --find-pathways`, all {n} samples): the search "
             f"keeps {ranges}: {100 * p:.1f}% accuracy against {100 * full:.1f}% for the full model, with "
-            f"{100 * share:.1f}% of the causal edges, against {100 * rm:.1f}% ± {100 * rsd:.1f} with the random "
-            f"control ({random_label(res)}; {len(a.get('seeds', []))} seeds).")
+            f"{100 * share:.1f}% of the causal edges, against {100 * rm:.1f}% ± {100 * rsd:.1f} when {control} are "
+            f"cut at random instead (`--random-control {a.get('random_control', 'uniform')}`; mean ± sd over "
+            f"{len(a.get('seeds', []))} seeds).")
     if "VL" in _ranges(a["pathways"]):
         from tracing.store import CacheReader
 
@@ -286,7 +297,7 @@ def lens_block(paths: dict) -> str:
     c = lres["word"]["embed"]
     names = list(c["lists"])
     shares = {w: np.asarray(c["shares"][i], float) for i, w in enumerate(names)}
-    parts = [f"{w} " + " ".join(f"{v:.2f}" for v in s) for w, s in shares.items()]
+    parts = [f"{_words(w)} " + " ".join(f"{v:.2f}" for v in s) for w, s in shares.items()]
     peak = {w: int(np.nanargmax(s)) for w, s in shares.items()}
     text = ("**Logit lens on video tokens** (`--lens`; the residual stream entering each layer read against "
             "the input embedding, top-1 word counted in word lists, row-normalised; entry 0 is the projector "
@@ -483,8 +494,8 @@ def rhythm_block(paths: dict) -> str:
              f"chance ({_p(b.observed)} vs {_p(b.baseline)}).")
     if pt:
         r.append(f"The perturbation test {'agrees with' if pt['high_more'] > pt['low_more'] else 'runs the other way from'}"
-                 f" the paper's: changing the highest-FAI token alters the rest more often in {_p(pt['high_more'])} "
-                 f"of trials, the lowest-FAI token in {_p(pt['low_more'])}.")
+                 f" the paper's: changing the highest-FAI token alters the rest of the rollout more than changing the "
+                 f"lowest-FAI token in {_p(pt['high_more'])} of trials, less in {_p(pt['low_more'])}.")
     o = [f"- The organism's anchors follow WAAD peaks {'more' if vf.observed > vf.baseline else 'less'} often than "
          f"random tokens ({_p(vf.observed, 0)} vs {_p(vf.baseline, 0)}, p = {vf.p_value:.3f} over "
          f"{vf.n_draws:,} random sets), but its rows are the question and one answer letter, so this is the "
@@ -543,17 +554,29 @@ def replace_blocks(text: str, new: dict[str, str]) -> str:
     return _BLOCK.sub(sub, text)
 
 
+def _complete(path: Path) -> bool:
+    """The file exists and, for a run-engine file, every unit of its run is done
+    (a run still writing, or killed, is not a result yet)."""
+    if not path.exists():
+        return False
+    if path.suffix != ".h5":
+        return True
+    from tracing.store import CacheReader
+
+    return bool(np.all(CacheReader(path).samples["complete"]))
+
+
 def render(names, paths: dict | None = None) -> dict[str, str]:
     """name -> the block's markdown from the stored results (nothing is run)."""
     paths = paths or {k: r.out for k, r in RUNS.items()}
     out = {}
     for name in names:
         needs, fn = BLOCKS[name]
-        missing = [r for r in needs if not (ROOT / paths[r]).exists()]
+        missing = [r for r in needs if not _complete(ROOT / paths[r])]
         if missing:
-            raise FileNotFoundError(f"findings block {name!r} needs {', '.join(paths[r] for r in missing)}; make it "
-                                    f"with: {'; '.join(RUNS[r].shown() for r in missing)} (or python -m "
-                                    f"analyses.findings --only {name})")
+            raise FileNotFoundError(f"findings block {name!r} needs {', '.join(paths[r] for r in missing)} (missing "
+                                    f"or not complete); make it with: {'; '.join(RUNS[r].shown() for r in missing)} "
+                                    f"(or python -m analyses.findings --only {name})")
         out[name] = fn(paths)
     return out
 
@@ -564,7 +587,7 @@ def run_missing(names, rerun: bool = False) -> None:
     runs = list(dict.fromkeys(r for n in names for r in BLOCKS[n][0]))
     for r in runs:
         run = RUNS[r]
-        if rerun or not (ROOT / run.out).exists():
+        if rerun or not _complete(ROOT / run.out):
             (ROOT / run.out).parent.mkdir(parents=True, exist_ok=True)
             print(f"findings: {run.shown()}", file=sys.stderr, flush=True)
             done = subprocess.run(run.command(rerun), cwd=ROOT)

@@ -82,7 +82,7 @@ def test_flow_text_follows_the_numbers():
     flat = " ".join(text.split())
     lab = {c: window_label(c, 2, 4) for c in range(4)}
     assert f"compare frames: order of three -70% (layers {lab[1]}) and count -66% (layers {lab[1]});" in flat
-    assert "it stays within 1%" in flat  # |-1.2| on a one-frame task
+    assert "it stays within 1.2%" in flat  # |-1.2| on a one-frame task
     assert f"less than 10%) for direction -4% (layers {lab[2]})." in flat
     assert "straight to the last position, more than through the question tokens" in flat
     assert "on 3 of 3 multi-frame tasks" in flat and f"count -21% (layers {lab[3]}) only" in flat
@@ -101,3 +101,35 @@ def test_listing_and_signed_percentages():
     assert findings.listing([]) == "none" and findings.listing(["a"]) == "a"
     assert findings.listing(["a", "b", "c"]) == "a, b and c"
     assert [findings.pct(v) for v in (-70.4, 0.2, 3.0, -0.4)] == ["-70%", "0%", "+3%", "0%"]
+
+
+def test_organism_block_reads_the_committed_evaluation():
+    import json
+
+    ev = json.loads((findings.ROOT / "organism/checkpoint/evaluation.json").read_text())
+    flat = " ".join(findings.render(["organism"])["organism"].split())
+    for task in ("direction", "count", "when"):
+        o = ev["tasks"][task]["ordered"]
+        assert f"{findings._words(task)} {np.mean(o['per_set']):.2f} ± {np.std(o['per_set'], ddof=1):.2f}" in flat
+    s = ev["tasks"]["direction"]["single"]["per_set"]
+    assert f"direction {np.mean(s):.2f} ± {np.std(s, ddof=1):.2f} against 0.25" in flat
+    moves = max(max(ev["tasks"][t][c]["per_set"]) - min(ev["tasks"][t][c]["per_set"])
+                for t in ("direction", "rotation", "order", "brightness", "size_change") for c in ("single", "shuffled"))
+    assert f"move by up to {100 * moves:.0f} points between sets of {ev['n']}" in flat
+    assert f"in each of {len(ev['seed_sets'])} disjoint seed sets" in flat
+
+
+def test_reasoner_block_follows_its_table(tmp_path):
+    import json
+
+    def row(train, long):
+        return {"train": {"n": 100, "answer": train}, "long": {"n": 100, "answer": long}}
+
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"clock": row(0.99, 0.1), "relations": row(0.96, 0.22)}))
+    flat = " ".join(findings.reasoner_block({"reasoner": str(path)}).split())
+    assert "clock 0.99, relations 0.96 at the training chain lengths" in flat
+    assert "gets 0.10-0.22: it has learnt the lengths it saw, not the procedure." in flat
+    path.write_text(json.dumps({"clock": row(0.99, 0.9), "relations": row(0.96, 0.8)}))
+    flat = " ".join(findings.reasoner_block({"reasoner": str(path)}).split())
+    assert "gets 0.80-0.90." in flat and "not the procedure" not in flat
