@@ -228,6 +228,7 @@ def test_library_module_says_where_to_go(module, goes_to, monkeypatch, capsys):
 
 # -- --help ----------------------------------------------------------------------------------
 CLIS = ["analyses.flow", "analyses.lens", "analyses.tomato", "analyses.t3", "analyses.rhythm", "analyses.capture",
+        "analyses.findings",
         "bench.capture", "bench.flow", "bench.probes", "bench.realscale", "bench.scale",
         "organism.train", "organism.reasoner.train", "tracing.check", "tracing.published"]
 
