@@ -85,6 +85,11 @@ def _words(name) -> str:
     return words(name)
 
 
+def _quoted(task: str) -> str:
+    """A task name that reads as a word in a sentence ("when" in quotes)."""
+    return f'"{_words(task)}"' if task == "when" else _words(task)
+
+
 def listing(items: list[str]) -> str:
     """'a', 'a and b', 'a, b and c'."""
     items = list(items)
@@ -130,8 +135,8 @@ def organism_block(paths: dict) -> str:
     def odd(cond):  # the order tasks that stay above chance, and why order does
         out = [t for t in fall if t not in near(cond)]
         return (f"; {listing([_words(t) for t in out])} stay{'s' if len(out) == 1 else ''} above"
-                + (" (on order of two the two colours that appear are two of the four options: a coin flip"
-                   " between them)" if "order" in out else "")) if out else ""
+                + (": the two colours that appear in order of two are two of its four options, a coin flip"
+                   " between them" if "order" in out else "")) if out else ""
 
     spread_name = "the sample standard deviation" if spread == "sd" else spread
     lines = [
@@ -139,7 +144,7 @@ def organism_block(paths: dict) -> str:
         f"{spread_name} across the sets; `{RUNS['organism'].shown()}` recomputes it and writes "
         "`organism/checkpoint/evaluation.json` and the model card, which has every set's values) with 8 ordered "
         "frames: " + ", ".join(f"{_words(t)} {cell(t, 'ordered')}" for t in ordered)
-        + "; the extra T3 tasks " + ", ".join(f"{_words(t)} {cell(t, 'ordered')}" for t in extra) + ".",
+        + "; the extra T3 tasks " + ", ".join(f"{_quoted(t)} {cell(t, 'ordered')}" for t in extra) + ".",
         f"With one frame (the middle one), the order tasks fall to at most 0.15 above chance on "
         f"{len(near('single'))} of {len(fall)} ("
         + "; ".join(f"{_words(t)} {cell(t, 'single')} against {tasks[t]['chance']:.2f}" for t in fall)
@@ -198,7 +203,7 @@ def layers(label: str) -> str:
 
 
 def _cells(s: dict, tasks, digits: int = 0) -> str:
-    return listing([f"{_words(t)} {pct(s[t][0], digits)} ({layers(s[t][1])})" for t in tasks])
+    return listing([f"{_quoted(t)} {pct(s[t][0], digits)} ({layers(s[t][1])})" for t in tasks])
 
 
 def flow_block(paths: dict) -> str:
@@ -223,8 +228,8 @@ def flow_text(res: dict) -> str:
          f"{100 * res['accuracy']:.1f}%; `{RUNS['flow'].shown()}`.) Each number below is the strongest mean "
          "change of the right answer's probability over the windows, with the layers that window cuts."]
     b.append(f"- Cross-frame knockout hurts most on the tasks that compare frames: {_cells(cf, hurt)}; on "
-             f"static colour and the grounding questions, which one frame answers, it stays within "
-             f"{one_max:.1f}%, as Map the Flow finds for video vs image-only models."
+             f"static colour and the grounding questions, which one frame answers, it stays "
+             + (f"within {one_max:.1f}%" if one_max >= 0.05 else "at 0%") + ", as Map the Flow finds for video vs image-only models."
              + (f" It barely matters (less than 10%) for {_cells(cf, barely)}." if barely else ""))
     vl_first = [t for t in multi if vl[t][0] < vq[t][0]]
     top_vl = sorted(multi, key=lambda t: vl[t][0])[:5]
@@ -329,7 +334,7 @@ def tomato_block(paths: dict) -> str:
     n = listing(sorted({str(r["n"]) for r in rows}))
 
     def f(v):
-        return "undefined" if v is None or np.isnan(v) else f"{v:.1f}" if abs(v) < 100 else f"{v:.0f}"
+        return "undefined" if v is None or np.isnan(v) else f"{v:.0f}"
 
     head = (f"**TOMATO ablations** (`{RUNS['tomato'].shown()}`, synthetic, {n} questions per task, m = {m} frames, "
             f"single frame = the first (TOMATO's code), {len(ab.shuffled_names)} shuffle seeds; kappa = multi-frame "
@@ -345,13 +350,13 @@ def tomato_block(paths: dict) -> str:
     survive = [g for g in temporal if by[g]["acc_reversed"] >= 90]
     first = [g for g in temporal if by[g]["acc_first"] >= 80]
     order_loss = [g for g in temporal if by[g]["acc_multi"] - by[g]["acc_shuffled"] >= 25]
-    prose = (f"With the frames shuffled, {listing([_words(g) for g in order_loss])} lose 25 points or more; "
-             f"reversed, {listing([_words(g) for g in flips])} answer the opposite (A_rev 10% or less), while "
-             f"{listing([_words(g) for g in survive])} survive reversal (90% or more)")
+    prose = (f"With the frames shuffled, {listing([_quoted(g) for g in order_loss])} lose 25 points or more; "
+             f"reversed, {listing([_quoted(g) for g in flips])} answer the opposite (A_rev 10% or less), while "
+             f"{listing([_quoted(g) for g in survive])} survive reversal (90% or more)")
     if "static_color" in by:
         s = by["static_color"]
         prose += (f"; the static control stays at {s['acc_first']:.0f} / {s['acc_multi']:.0f} / "
-                  f"{s['acc_shuffled']:.0f} / {s['acc_reversed']:.0f}")
+                  f"{s['acc_shuffled']:.0f} / {s['acc_reversed']:.0f} (A_1 / A_{m} / A_shuffled / A_rev)")
     prose += "."
     if first:
         prose += (f" {listing([_words(g).capitalize() if i == 0 else _words(g) for i, g in enumerate(first)])} "
@@ -388,13 +393,13 @@ def t3_text(r) -> str:
 
     n = listing(sorted({str(int(x)) for x in r.n_test}))
     head = (f"**T3 probes** (`{RUNS['t3'].shown()}`, {n} samples per task and split, squares in training and "
-            f"circles in test; torch probes with cross-validated C, {R} seeds; accuracy in %). Video positions = the "
+            f"circles in test; torch probes with cross-validated C, {R} seed{'s' if R > 1 else ''}; accuracy in %). Video positions = the "
             "frames' mean tokens concatenated in order; last = the last position; sel = selectivity, probe minus "
             "control-task accuracy (Hewitt and Liang; each input type, the question with its objects' colours and "
             "sides, given a random fixed label), both scored on the test questions whose input type also occurs "
-            "in training, since only those control labels can be memorised (recurring: those test questions of "
-            f"all); mean ± standard deviation over the {R} probe seeds (each draws its own folds and control "
-            "labels). Probe accuracies are over all test questions:")
+            "in training, since only those control labels can be memorised (the recurring column counts them); "
+            + (f"mean ± standard deviation over the {R} probe seeds (each draws its own folds and control labels)"
+               if R > 1 else "one probe seed, so no spread") + ". Probe accuracies are over all test questions:")
     rows = [f"| task | model (video) | model (text) | projector probe (sel) | best layer, video positions (sel) | "
             f"last position, layers 0-{len(layers) - 1} | recurring |", "|---|---|---|---|---|---|---|"]
     best_at = {}
@@ -413,21 +418,22 @@ def t3_text(r) -> str:
         at_video = frames[i, proj:].max()
         at_last = np.nanmax(last[i, proj + 1:])
         if at_video - at_last >= 0.15 and at_video - r.video_acc[i] >= 0.15:
-            prose.append(f"The paper's bottleneck appears on {_words(t)}: the answer is linearly readable at the "
+            prose.append(f"The paper's bottleneck appears on {_quoted(t)}: the answer is linearly readable at the "
                          f"video positions ({100 * frames[i, proj:].min():.0f}-{100 * at_video:.0f}% from the "
                          f"projector on), but at most {100 * at_last:.0f}% at the last position, and the model "
                          f"answers {100 * r.video_acc[i]:.0f}%.")
-    for i, t in enumerate(r.tasks):
-        gain = frames[i, best_at[t]] - frames[i, proj]
-        if gain >= 0.05 and best_at[t] != proj:
-            prose.append(f"For {_words(t)} the LLM adds what per-frame features lack (projector "
-                         f"{100 * frames[i, proj]:.0f}% -> {100 * frames[i, best_at[t]]:.0f}% at {r.stages[best_at[t]]}).")
+    gains = [f"{_quoted(t)} (projector {100 * frames[i, proj]:.0f}% -> {100 * frames[i, best_at[t]]:.0f}% at "
+             f"{r.stages[best_at[t]]})" for i, t in enumerate(r.tasks)
+             if best_at[t] != proj and frames[i, best_at[t]] - frames[i, proj] >= 0.05]
+    if gains:
+        prose.append(f"The LLM adds what per-frame features lack on {listing(gains)}.")
     low = [i for i, t in enumerate(r.tasks) if np.isfinite(spread["frames"]["mean"][i, proj])
            and spread["frames"]["mean"][i, proj] < 0.3 and frames[i, proj] > 0.9]
     if low:
         prose.append(f"{listing([_words(r.tasks[i]) for i in low]).capitalize()} "
                      f"{'has' if len(low) == 1 else 'have'} low selectivity at the projector ("
-                     + ", ".join(f"{sel('frames', i, proj)}, {int(r.n_test_types[i])} input types" for i in low)
+                     + listing([f"{_words(r.tasks[i])} {sel('frames', i, proj)} points with "
+                                f"{int(r.n_test_types[i])} input types" for i in low])
                      + "): their few input types are easy to memorise, and the first frame already gives the answer "
                      "away (see TOMATO above).")
     return "\n".join([_wrap(head), "", *rows, "", _wrap(" ".join(prose))])
@@ -506,11 +512,12 @@ def rhythm_block(paths: dict) -> str:
         o.append(f"Its per-frame FAI peaks at frame {top + 1} of {v['frame_fai'].shape[1]} in "
                  f"{int((peaks == top).sum())} of {len(peaks)} layers (`docs/rhythm-organism-frame-fai.png`).")
     if inf_tasks:
-        above = [k for k in inf_tasks if inf[k]["share"] > inf[k]["control_share"] + 0.02]
+        above = [k for k in inf_tasks if inf[k]["share"] > inf[k]["control_share"] + 0.03]  # 3 points: noise
         o.append("Against the frames the renderer makes informative (`tasks.synthetic.informative_frames`: the "
                  "first and last frames of direction, the flashes of count, the target's third of \"when\"), FAI "
-                 + ("gives them no more than the same frames get in static clips, where they decide nothing ("
-                    if not above else f"gives them more than static clips on {listing(above)} only (")
+                 + ("gives them no more (within 3 points) than the same frames get in static clips, where they "
+                    "decide nothing (" if not above
+                    else f"gives them more (by over 3 points) than static clips on {listing(above)} only (")
                  + ", ".join(f"{_words(k)} {_p(inf[k]['share'])} vs {_p(inf[k]['control_share'])}" for k in inf_tasks)
                  + ")" + (": FAI follows position, not content, on this model." if not above else "."))
     return "\n".join([_wrap(head), "", *rows, "", _wrap(" ".join(r), indent="  "), _wrap(" ".join(o), indent="  ")])

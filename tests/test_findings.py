@@ -110,7 +110,7 @@ def test_organism_block_reads_the_committed_evaluation():
     flat = " ".join(findings.render(["organism"])["organism"].split())
     for task in ("direction", "count", "when"):
         o = ev["tasks"][task]["ordered"]
-        assert f"{findings._words(task)} {np.mean(o['per_set']):.2f} ± {np.std(o['per_set'], ddof=1):.2f}" in flat
+        assert f"{findings._quoted(task)} {np.mean(o['per_set']):.2f} ± {np.std(o['per_set'], ddof=1):.2f}" in flat
     s = ev["tasks"]["direction"]["single"]["per_set"]
     assert f"direction {np.mean(s):.2f} ± {np.std(s, ddof=1):.2f} against 0.25" in flat
     moves = max(max(ev["tasks"][t][c]["per_set"]) - min(ev["tasks"][t][c]["per_set"])

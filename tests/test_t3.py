@@ -556,3 +556,25 @@ def test_organism_order_unreadable_from_one_frame_readable_from_concatenated_fra
     assert 0.42 <= single <= 0.58
     assert bag <= 0.65
     assert llm_last_frame >= 0.75
+
+
+def test_findings_block_rows_are_the_stored_accuracies(tiny_run):
+    """python -m analyses.findings' T3 block: each row's numbers recomputed
+    here from the stored per-seed arrays."""
+    from analyses import findings
+
+    _, out = tiny_run
+    r = t3.load_results(out)
+    text = findings.t3_block({"t3": str(out)})
+    proj = r.stages.index("projector")
+    for i, task in enumerate(r.tasks):
+        f = r.probe_frames[i].mean(0)
+        b = proj + int(np.argmax(f[proj:]))
+        sel = (r.probe_frames_recurring[i, :, proj] - r.control_frames_recurring[i, :, proj]).mean()
+        sel_cell = "-" if not np.isfinite(sel) else f"{100 * sel:.0f}"
+        last = " ".join(f"{100 * v:.0f}" for v in r.probe_last[i].mean(0)[proj + 1:])
+        row = (f"| {100 * r.video_acc[i]:.0f} | {100 * r.text_acc[i]:.0f} | {100 * f[proj]:.0f} ({sel_cell}) | "
+               f"{100 * f[b]:.0f}, {'projector' if b == proj else r.stages[b]}")
+        assert row in text and f"| {last} | {int(r.n_recurring[i])} of {int(r.n_test[i])} |" in text, (task, text)
+    flat = " ".join(text.split())
+    assert "cross-validated C, 1 seed;" in flat and "one probe seed, so no spread" in flat  # the run's --probe-seeds 1
