@@ -141,7 +141,8 @@ def organism_block(paths: dict) -> str:
     spread_name = "the sample standard deviation" if spread == "sd" else spread
     lines = [
         f"Held-out accuracy ({ev['n']} clips per task in each of {n_sets} disjoint seed sets, {where}; mean ± "
-        f"{spread_name} across the sets; `{RUNS['organism'].shown()}` recomputes it and writes "
+        f"{spread_name} across the sets; `{RUNS['organism'].shown()}` recomputes it (about 5 minutes a set on 2 "
+        "cores; `--seed-sets 1` for one) and writes "
         "`organism/checkpoint/evaluation.json` and the model card, which has every set's values) with 8 ordered "
         "frames: " + ", ".join(f"{_words(t)} {cell(t, 'ordered')}" for t in ordered)
         + "; the extra T3 tasks " + ", ".join(f"{_quoted(t)} {cell(t, 'ordered')}" for t in extra) + ".",
