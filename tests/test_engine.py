@@ -193,7 +193,20 @@ def test_bad_shared_flags_are_usage_errors_before_anything_loads(analysis, bad, 
 
 # ---------------------------------------------------------------- scale-out on Ray
 
-def test_two_ray_workers_equal_one_process(analysis, reference, tmp_path):
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the six two-worker runs below, started as the
+    engine starts its own (which it reuses when one is running, and leaves
+    running): its start-up is paid once, not once per analysis."""
+    import ray
+
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_two_ray_workers_equal_one_process(analysis, reference, local_ray, tmp_path):
     out = tmp_path / "ray.h5"
     assert run_in_process(analysis, out, "--workers", "2") == 0
     assert_same(contents(out), reference[analysis]["a"])
