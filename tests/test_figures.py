@@ -156,13 +156,9 @@ def test_words_and_style():
 # ---------------------------------------------------------------- flow and lens
 
 @pytest.fixture(scope="module")
-def flow_file(tmp_path_factory):
-    from analyses import flow
-    from test_flow import TINY_ARGS, TINY_PATHWAYS
-
-    out = tmp_path_factory.mktemp("figflow") / "flow-tiny.h5"
-    flow.main(TINY_ARGS + ["--pathways", TINY_PATHWAYS, "--random-seeds", "2", "--lens", "--out", str(out)])
-    return out
+def flow_file(flow_tiny_run):
+    """test_flow's tiny run (conftest.py), read only."""
+    return flow_tiny_run[1]
 
 
 @pytest.mark.parametrize("width", WIDTHS)

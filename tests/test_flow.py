@@ -30,10 +30,9 @@ TINY_ARGS = ["--model", TINY, "--tasks", ",".join(TINY_TASKS), "--limit", str(TI
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("flow") / "flow-tiny.h5"
-    res = flow.main(TINY_ARGS + ["--pathways", TINY_PATHWAYS, "--random-seeds", "2", "--lens", "--out", str(out)])
-    return res, out
+def tiny_run(flow_tiny_run):
+    """(results, file) of TINY_ARGS with TINY_PATHWAYS and the lens (conftest.py: shared with test_figures)."""
+    return flow_tiny_run
 
 
 @pytest.fixture(scope="module")
