@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analyses import findings
+from analyses import findings, findings_blocks
 from analyses.flow_figures import window_label
 
 
@@ -33,7 +33,7 @@ def test_command_checks_rewrites_and_names_what_is_missing(tmp_path, monkeypatch
     assert findings.main(["--check", "--only", "x", "--readme", str(readme)]) == 0
 
     # a block whose result file is missing names the command that makes it
-    monkeypatch.setitem(findings.RUNS, "y", findings.Run("analyses.flow", ("--limit", "2"), str(tmp_path / "none.h5")))
+    monkeypatch.setitem(findings.RUNS, "y", findings_blocks.Run("analyses.flow", ("--limit", "2"), str(tmp_path / "none.h5")))
     monkeypatch.setitem(findings.BLOCKS, "x", (("y",), lambda paths: "unused"))
     capsys.readouterr()
     assert findings.main(["--check", "--only", "x", "--readme", str(readme)]) == 1
@@ -77,7 +77,7 @@ def test_flow_text_follows_the_numbers():
     vq = {"order3": (-2, 1), "direction": (-1, 1), "count": (-21, 3), "static_color": (0, 0), "ground_color": (0, 0)}
     ql = {t: (-80, 1) for t in tasks}
     ql["ground_color"] = (-40, 2)
-    text = findings.flow_text(_flow_res({"cross_frame": cf, "video_question": vq, "video_last": vl,
+    text = findings_blocks.flow_text(_flow_res({"cross_frame": cf, "video_question": vq, "video_last": vl,
                                          "question_last": ql}))
     flat = " ".join(text.split())
     lab = {c: window_label(c, 2, 4) for c in range(4)}
@@ -90,7 +90,7 @@ def test_flow_text_follows_the_numbers():
     assert "(10 of 10 samples kept" in flat and "clean accuracy 90.0%" in flat
 
     # the other way round: the question carries the video
-    text = findings.flow_text(_flow_res({"cross_frame": cf, "video_question": vl, "video_last": vq,
+    text = findings_blocks.flow_text(_flow_res({"cross_frame": cf, "video_question": vl, "video_last": vq,
                                          "question_last": ql}))
     flat = " ".join(text.split())
     assert "through the question tokens more than straight to the last position" in flat
@@ -98,19 +98,19 @@ def test_flow_text_follows_the_numbers():
 
 
 def test_listing_and_signed_percentages():
-    assert findings.listing([]) == "none" and findings.listing(["a"]) == "a"
-    assert findings.listing(["a", "b", "c"]) == "a, b and c"
-    assert [findings.pct(v) for v in (-70.4, 0.2, 3.0, -0.4)] == ["-70%", "0%", "+3%", "0%"]
+    assert findings_blocks.listing([]) == "none" and findings_blocks.listing(["a"]) == "a"
+    assert findings_blocks.listing(["a", "b", "c"]) == "a, b and c"
+    assert [findings_blocks.pct(v) for v in (-70.4, 0.2, 3.0, -0.4)] == ["-70%", "0%", "+3%", "0%"]
 
 
 def test_organism_block_reads_the_committed_evaluation():
     import json
 
-    ev = json.loads((findings.ROOT / "organism/checkpoint/evaluation.json").read_text())
+    ev = json.loads((findings_blocks.ROOT / "organism/checkpoint/evaluation.json").read_text())
     flat = " ".join(findings.render(["organism"])["organism"].split())
     for task in ("direction", "count", "when"):
         o = ev["tasks"][task]["ordered"]
-        assert f"{findings._quoted(task)} {np.mean(o['per_set']):.2f} ± {np.std(o['per_set'], ddof=1):.2f}" in flat
+        assert f"{findings_blocks._quoted(task)} {np.mean(o['per_set']):.2f} ± {np.std(o['per_set'], ddof=1):.2f}" in flat
     s = ev["tasks"]["direction"]["single"]["per_set"]
     assert f"direction {np.mean(s):.2f} ± {np.std(s, ddof=1):.2f} against 0.25" in flat
     moves = max(max(ev["tasks"][t][c]["per_set"]) - min(ev["tasks"][t][c]["per_set"])
@@ -127,9 +127,9 @@ def test_reasoner_block_follows_its_table(tmp_path):
 
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"clock": row(0.99, 0.1), "relations": row(0.96, 0.22)}))
-    flat = " ".join(findings.reasoner_block({"reasoner": str(path)}).split())
+    flat = " ".join(findings_blocks.reasoner_block({"reasoner": str(path)}).split())
     assert "clock 0.99, relations 0.96 at the training chain lengths" in flat
     assert "gets 0.10-0.22: it has learnt the lengths it saw, not the procedure." in flat
     path.write_text(json.dumps({"clock": row(0.99, 0.9), "relations": row(0.96, 0.8)}))
-    flat = " ".join(findings.reasoner_block({"reasoner": str(path)}).split())
+    flat = " ".join(findings_blocks.reasoner_block({"reasoner": str(path)}).split())
     assert "gets 0.80-0.90." in flat and "not the procedure" not in flat

@@ -236,9 +236,9 @@ def test_notebook_redraws_from_the_file(organism_file, tmp_path, monkeypatch):
 def test_findings_block_states_the_stored_rates(reasoner_file, organism_file):
     """python -m analyses.findings' rhythm block: the rates of both stored runs
     in its table, and sentences whose 'more' / 'less' follow them."""
-    from analyses import findings
+    from analyses import findings_blocks
 
-    text = findings.rhythm_block({"rhythm_reasoner": str(reasoner_file), "rhythm_organism": str(organism_file)})
+    text = findings_blocks.rhythm_block({"rhythm_reasoner": str(reasoner_file), "rhythm_organism": str(organism_file)})
     flat = " ".join(text.split())
     t, v = rhythm_summary.summarize(reasoner_file), rhythm_summary.summarize(organism_file)
     tf, vf = t["peak_follow"][1], v["peak_follow"][1]

@@ -561,11 +561,11 @@ def test_organism_order_unreadable_from_one_frame_readable_from_concatenated_fra
 def test_findings_block_rows_are_the_stored_accuracies(tiny_run):
     """python -m analyses.findings' T3 block: each row's numbers recomputed
     here from the stored per-seed arrays."""
-    from analyses import findings
+    from analyses import findings_blocks
 
     _, out = tiny_run
     r = t3.load_results(out)
-    text = findings.t3_block({"t3": str(out)})
+    text = findings_blocks.t3_block({"t3": str(out)})
     proj = r.stages.index("projector")
     for i, task in enumerate(r.tasks):
         f = r.probe_frames[i].mean(0)

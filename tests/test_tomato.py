@@ -645,9 +645,9 @@ def test_findings_block_states_the_stored_accuracies(synthetic_run):
     """python -m analyses.findings' TOMATO block: its table equals the
     accuracies recomputed here from the stored per-question correctness, and
     its sentences name the tasks those numbers single out."""
-    from analyses import findings
+    from analyses import findings_blocks
 
-    text = findings.tomato_block({"tomato": str(synthetic_run)})
+    text = findings_blocks.tomato_block({"tomato": str(synthetic_run)})
     flat = " ".join(text.split())
     ab = T.load_results(synthetic_run)
     tasks = ab.tasks.astype(str)
@@ -657,11 +657,11 @@ def test_findings_block_states_the_stored_accuracies(synthetic_run):
         a = [100 * float(np.nanmean(x[m])) for x in (ab.correct_of("single_first"), ab.correct_of("multi"),
                                                     ab.shuffled_correct(), ab.correct_of("reversed"))]
         acc[t] = a
-        row = f"| {findings._words(t)} | " + " | ".join(f"{v:.1f}" for v in a) + " |"
+        row = f"| {findings_blocks._words(t)} | " + " | ".join(f"{v:.1f}" for v in a) + " |"
         assert row in text, (row, text)
     flips = [t for t in ("direction", "order") if acc[t][3] <= 10 and acc[t][1] >= 90]
     first = [t for t in ("direction", "order") if acc[t][0] >= 80]
-    assert f"reversed, {findings.listing([findings._words(t) for t in flips])} answer the opposite" in flat
+    assert f"reversed, {findings_blocks.listing([findings_blocks._words(t) for t in flips])} answer the opposite" in flat
     assert ("answered from the first frame alone" in flat) == bool(first)
     s = acc["static_color"]
     assert f"the static control stays at {s[0]:.0f} / {s[1]:.0f} / {s[2]:.0f} / {s[3]:.0f}" in flat
