@@ -292,22 +292,19 @@ def _shards(target: Path) -> list[Path]:
     return sorted(p for p in target.parent.glob(f".{target.name}.shard*") if p.name.rsplit(".shard", 1)[-1].isdigit())
 
 
-def _merge(w, shards: list[Path], remove: bool = False, units=None) -> list[int]:
+def _merge(w, shards: list[Path], remove: bool = False, units=None, checked: set | None = None) -> list[int]:
     """Copy the complete units of the shard files (only ``units`` when given)
     into the writer ``w`` (the same store, the same identity) -> the units
-    merged; ``remove`` deletes the shards afterwards (their actors are done)."""
-    from tracing.store import CacheReader
-
+    merged; ``remove`` deletes the shards afterwards (their actors are done).
+    ``checked``: shards whose identity was checked already (reading it costs
+    more than a batch's rows); the ones checked now are added."""
     merged = []
     for shard in shards:
         if not shard.exists():
             continue
-        r = CacheReader(shard)
-        predicted = r.samples["predicted"]
-        for i, arrays, layout, meta in r.units(units):
-            if not w.is_complete(i):
-                w.write_sample(i, arrays, layout, meta, predicted=int(predicted[i]))
-                merged.append(i)
+        merged += w.copy_units(shard, units, check=checked is None or shard not in checked)
+        if checked is not None:
+            checked.add(shard)
         if remove:
             shard.unlink()
     return merged
@@ -337,13 +334,18 @@ def _sharded(decl: Declaration, w, target: Path, todo: list[int], job, workers: 
         size = max(1, min(8, len(todo) // (2 * n) or 1))
         batches = [todo[a:a + size] for a in range(0, len(todo), size)]
         pending = {actors[b % n].compute.remote(batch): b for b, batch in enumerate(batches)}
-        skipped = []
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                b = pending.pop(ref)
-                skipped += [tuple(x) for x in ray.get(ref)]
-                bar.update(len(_merge(w, [_shard(target, b % n)], units=batches[b])))
+        skipped, checked = [], set()
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    b = pending.pop(ref)
+                    skipped += [tuple(x) for x in ray.get(ref)]
+                    bar.update(len(_merge(w, [_shard(target, b % n)], units=batches[b], checked=checked)))
+            ray.get([a.close.remote() for a in actors])
+        finally:
+            for a in actors:  # on an error too: none may hold its shard open for a rerun (a shared Ray lives on)
+                ray.kill(a)
         _merge(w, _shards(target), remove=True)
         return skipped
     finally:
@@ -361,10 +363,20 @@ class _Worker:
         p = importlib.import_module(module).prepare(argv)
         self.lm, self.decl, self.dataset = p.lm, p.decl, p.dataset
         self.shard, self.hooks = Path(shard), hooks
+        self.w = None
 
     def compute(self, units: list[int]) -> list[tuple[int, str]]:
-        with _open(self.decl, self.shard, self.lm.name, self.lm.fingerprint, self.dataset, self.hooks) as w:
-            return _compute(self.decl, w, [i for i in units if not w.is_complete(i)])
+        # the shard stays open from batch to batch (closing and reopening it cost about 25 ms a batch,
+        # 3 ms a unit of a flow run on the organism: bench/scale.py); the driver reads it meanwhile, as a
+        # notebook may read any file being written (tracing/store.py)
+        if self.w is None:
+            self.w = _open(self.decl, self.shard, self.lm.name, self.lm.fingerprint, self.dataset, self.hooks)
+        return _compute(self.decl, self.w, [i for i in units if not self.w.is_complete(i)])
+
+    def close(self) -> None:
+        if self.w is not None:
+            self.w.close()
+            self.w = None
 
 
 def _swap_in(new: Path, out: Path) -> None:

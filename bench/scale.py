@@ -1,28 +1,36 @@
 """The run engine's overhead: Map the Flow on the same samples, as a plain
 in-process loop and through the engine with one Ray worker.
 
-    python -m bench.scale [--model organism] [--tasks direction,count,order,static_color] [--limit 10] [--frames 8]
+    python -m bench.scale [--model organism] [--tasks direction,count,order,static_color] [--limit 30] [--frames 8]
 
-- plain: every sample's ``analyses.flow.sample_arrays`` in a loop, nothing
-  stored, in a fresh Python process (as a Ray worker is: no warm caches);
+- plain: every sample's ``decl.compute`` in a loop, nothing stored, in a fresh
+  Python process (as a Ray worker is: no warm caches), one thread;
 - engine: ``analyses.run.run`` with ``workers=1``: the worker computes the same
   units, writes them into its shard file, and the driver merges them into the
   output.
 
-Both run on two sample sets, ``--limit`` and 3 x ``--limit`` samples per task,
-and the per-sample time is the difference of the two times over the
-difference of their sample counts: what every further sample costs, with the
-fixed costs (Ray's start-up, the worker's own start-up: imports, loading the
-model, building the declaration) cancelled out. The fixed costs are printed
-apart. Each engine run is done twice and the faster kept (a shared machine).
+What is compared is what every further sample costs, timed where the work
+happens: both processes note the moment each unit's computation starts, and
+a unit's cost is the time from its start to the next unit's. In the engine
+that includes everything the engine adds per unit (the write into the shard,
+the bookkeeping, and at a batch's end closing the shard, Ray's return and
+the next call, opening the shard again); the fixed costs (Ray's start-up,
+the worker's imports, loading the model, building the declaration, the
+driver's first unit and the final merge) are outside the units and printed
+apart. Plain and engine runs alternate, ``--repeats`` times each, and each
+unit counts with its fastest time over the repeats: noise on a shared
+machine only ever adds time, while the engine's own per-unit work is there
+in every repeat. (Timing whole runs instead, and taking the per-sample cost
+as a difference between two sample counts, left a few milliseconds a sample
+under seconds of run-to-run spread in the fixed costs: +61% to -44% over
+identical runs; docs/scaling.md.)
 
-Prints the times and ``engine overhead: X%`` (target: at most 5%), then runs
-2 workers and checks that they give the same arrays as 1.
+Prints the per-sample costs and ``engine overhead: X%`` (target: at most 5%),
+then runs 2 workers and checks that they give the same arrays as 1.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,7 +40,35 @@ from pathlib import Path
 
 import numpy as np
 
-REPEATS = 3  # each timing is the fastest of three: a shared machine's noise only ever adds time
+
+def prepare(argv):
+    """``analyses.flow.prepare`` with every unit's start noted in the file
+    after ``--stamps`` (one JSON line per unit: index, perf_counter): the job
+    module that the engine's worker rebuilds the analysis with."""
+    from analyses import flow
+
+    i = argv.index("--stamps")
+    stamps, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
+    p = flow.prepare(argv)
+    compute = p.decl.compute
+
+    def timed(u):
+        t0 = time.perf_counter()
+        r = compute(u)
+        with stamps.open("a") as f:  # the same small cost in the plain loop and in the worker
+            f.write(f"{u} {t0!r} {time.perf_counter()!r}\n")
+        return r
+
+    p.decl.compute = timed
+    return p
+
+
+def intervals(stamps: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """-> (unit -> seconds from its start to the next unit's start in the same
+    process (the last unit has none), unit -> seconds computing it)."""
+    rows = [line.split() for line in stamps.read_text().splitlines()]
+    return ({int(u): float(t1) - float(t0) for (u, t0, _), (_, t1, _) in zip(rows, rows[1:])},
+            {int(u): float(t1) - float(t0) for u, t0, t1 in rows})
 
 
 def main(argv=None) -> dict:
@@ -42,87 +78,100 @@ def main(argv=None) -> dict:
                                  formatter_class=HelpFormatter)
     ap.add_argument("--model", default="organism", help="registry name, hub id or local folder")
     ap.add_argument("--tasks", default="direction,count,order,static_color", help="synthetic tasks")
-    ap.add_argument("--limit", type=int, default=10, help="samples per task of the smaller set (the larger: 3x)")
+    ap.add_argument("--limit", type=int, default=30, help="samples per task")
     ap.add_argument("--frames", type=int, default=8, help="frames per video")
-    ap.add_argument("--plain-only", type=int, default=None, help=argparse.SUPPRESS)  # one plain timing, printed
+    ap.add_argument("--repeats", type=int, default=3, help="plain and engine runs each, alternating; every unit "
+                    "counts with its fastest time")
+    ap.add_argument("--plain-only", default=None, help=argparse.SUPPRESS)  # STAMPS: one plain loop, noted there
     a = ap.parse_args(argv)
+    if a.limit < 1 or a.repeats < 1:
+        ap.error("--limit and --repeats must be at least 1")
 
-    import ray
+    def flow_argv(out: Path, stamps: Path) -> list[str]:
+        return ["--model", a.model, "--tasks", a.tasks, "--limit", str(a.limit), "--frames", str(a.frames),
+                "--samples", "all", "--no-progress", "--out", str(out), "--stamps", str(stamps)]
+
     import torch
 
-    from analyses import flow
+    torch.set_num_threads(1)  # as each Ray worker (one CPU each)
+    if a.plain_only is not None:
+        with tempfile.TemporaryDirectory() as d:
+            p = prepare(flow_argv(Path(d) / "unused.h5", Path(a.plain_only)))
+            for i in range(len(p.decl.units)):
+                p.decl.compute(i)
+        return {}
+
+    import ray
+
     from analyses import run as engine
     from tracing.store import CacheReader
 
-    torch.set_num_threads(1)  # as each Ray worker (one CPU each)
+    def plain_run(stamps: Path) -> float:
+        cmd = [sys.executable, "-m", "bench.scale", "--model", a.model, "--tasks", a.tasks, "--limit",
+               str(a.limit), "--frames", str(a.frames), "--plain-only", str(stamps)]
+        t = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return time.perf_counter() - t
 
-    def flow_argv(limit: int, out: Path) -> list[str]:
-        return ["--model", a.model, "--tasks", a.tasks, "--limit", str(limit), "--frames", str(a.frames),
-                "--samples", "all", "--no-progress", "--out", str(out)]
+    def engine_run(out: Path, stamps: Path, workers: int) -> float:
+        job = flow_argv(out, stamps)
+        p = prepare(job)
+        t = time.perf_counter()
+        engine.run(p.decl, out, p.lm.name, p.lm.fingerprint, p.dataset, progress=False, workers=workers,
+                   job=("bench.scale", job))
+        return time.perf_counter() - t
 
-    if a.plain_only is not None:
-        with tempfile.TemporaryDirectory() as d:
-            p = flow.prepare(flow_argv(a.plain_only, Path(d) / "unused.h5"))
-            t = time.perf_counter()
-            for i in range(len(p.decl.units)):
-                p.decl.compute(i)
-            print(json.dumps({"n": len(p.decl.units), "s": time.perf_counter() - t}))
-        return {}
-
-    def plain_run(limit: int) -> tuple[int, float]:
-        cmd = [sys.executable, "-m", "bench.scale", "--model", a.model, "--tasks", a.tasks, "--frames",
-               str(a.frames), "--plain-only", str(limit)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
-        r = json.loads(out.strip().splitlines()[-1])
-        return r["n"], r["s"]
-
-    plain, through, n = {}, {}, {}
+    plain, through, wall_plain, wall_engine = [], [], [], []
     with tempfile.TemporaryDirectory() as d:
-        for limit in (a.limit, 3 * a.limit):
-            runs = [plain_run(limit) for _ in range(REPEATS)]
-            n[limit], plain[limit] = runs[0][0], min(s for _, s in runs)
-
+        d = Path(d)
         os.environ.setdefault("RAY_worker_niceness", "0")  # as analyses.run starts its local instance
         t = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray_start = time.perf_counter() - t
         try:
-            for limit in (a.limit, 3 * a.limit):
-                times = []
-                for rep in range(REPEATS):
-                    out = Path(d) / f"one-{limit}-{rep}.h5"
-                    job = flow_argv(limit, out)
-                    p = flow.prepare(job)
-                    t = time.perf_counter()
-                    engine.run(p.decl, out, p.lm.name, p.lm.fingerprint, p.dataset, progress=False, workers=1,
-                               job=("analyses.flow", job))
-                    times.append(time.perf_counter() - t)
-                through[limit] = min(times)
-            small = a.limit
-            two = Path(d) / "two.h5"
-            p = flow.prepare(flow_argv(small, two))
-            engine.run(p.decl, two, p.lm.name, p.lm.fingerprint, p.dataset, progress=False, workers=2,
-                       job=("analyses.flow", flow_argv(small, two)))
+            for rep in range(a.repeats):  # alternating, so that a slow spell of the machine hits both
+                wall_plain.append(plain_run(d / f"plain{rep}.txt"))
+                plain.append(intervals(d / f"plain{rep}.txt"))
+                wall_engine.append(engine_run(d / f"one{rep}.h5", d / f"one{rep}.txt", 1))
+                through.append(intervals(d / f"one{rep}.txt"))  # the driver's units: not in the worker's file
+            two = d / "two.h5"
+            engine_run(two, d / "two.txt", 2)
         finally:
             ray.shutdown()
-        one, other = CacheReader(Path(d) / f"one-{small}-0.h5"), CacheReader(two)
+        one, other = CacheReader(d / "one0.h5"), CacheReader(two)
         same = all(np.array_equal(one.acts(h), other.acts(h), equal_nan=True) for h in one.hooks)
-    lo, hi = a.limit, 3 * a.limit
-    extra = n[hi] - n[lo]
-    per_plain = (plain[hi] - plain[lo]) / extra
-    per_engine = (through[hi] - through[lo]) / extra
-    fixed = through[lo] - n[lo] * per_engine
+    units = sorted(set.intersection(*(set(x) for x, _ in plain + through)))
+
+    def best(runs, k):  # per unit, the fastest over the repeats; mean over the units
+        return sum(min(r[k][u] for r in runs) for u in units) / len(units)
+
+    per_plain, per_engine = best(plain, 0), best(through, 0)
+    comp_plain, comp_engine = best(plain, 1), best(through, 1)
     overhead = 100 * (per_engine / per_plain - 1)
-    print(f"{a.model}: Map the Flow ({a.frames} frames) on {n[lo]} and {n[hi]} samples, one thread per process")
-    print(f"plain loop: {plain[lo]:.1f} s and {plain[hi]:.1f} s: {per_plain:.3f} s per further sample")
-    print(f"engine, 1 Ray worker: {through[lo]:.1f} s and {through[hi]:.1f} s: {per_engine:.3f} s per further sample")
-    print(f"fixed costs: ray start-up {ray_start:.1f} s (once); per run {fixed:.1f} s (worker start-up: imports, "
-          f"model, declaration; the first unit in the driver)")
+    rep_ratio = [100 * (sum(e[u] for u in units) / sum(p[u] for u in units) - 1) for (p, _), (e, _) in
+                 zip(plain, through)]
+    fixed = min(w - sum(e.values()) for w, (e, _) in zip(wall_engine, through))
+    print(f"{a.model}: Map the Flow ({a.frames} frames), {len(units)} samples timed in each run "
+          f"(of {len(plain[0][1])}; each process's last has no next start), one thread per process, "
+          f"{a.repeats} runs each")
+    print(f"plain loop: {per_plain:.4f} s a sample (fastest of {a.repeats} per sample); whole runs "
+          f"{', '.join(f'{w:.1f}' for w in wall_plain)} s")
+    print(f"engine, 1 Ray worker: {per_engine:.4f} s a sample; whole runs "
+          f"{', '.join(f'{w:.1f}' for w in wall_engine)} s")
+    print(f"of which computing: plain {comp_plain:.4f} s, engine {comp_engine:.4f} s; the rest (the loop, in the "
+          f"engine its writes and batch ends) {per_plain - comp_plain:.4f} s and {per_engine - comp_engine:.4f} s")
+    own = per_engine - comp_engine - (per_plain - comp_plain)
+    print(f"the engine's own work a sample (its writes, batch ends): {1000 * own:.1f} ms, "
+          f"{100 * own / per_plain:.1f}% of a plain sample")
+    print(f"each pair of runs alone: {', '.join(f'{r:+.1f}%' for r in rep_ratio)}")
+    print(f"fixed costs: ray start-up {ray_start:.1f} s (once); per run outside the timed units {fixed:.1f} s "
+          f"(worker start-up: imports, model, declaration; the driver's first unit; the final merge)")
     print(f"2 workers give the same arrays as 1: {same}")
     print(f"engine overhead: {overhead:.1f}%")
     return {"plain_per_sample_s": per_plain, "engine_per_sample_s": per_engine, "ray_start_s": ray_start,
-            "fixed_s": fixed, "overhead_pct": overhead, "same": same, "samples": (n[lo], n[hi])}
+            "fixed_s": fixed, "overhead_pct": overhead, "pairs_pct": rep_ratio, "same": same, "samples": len(units),
+            "compute_per_sample_s": (comp_plain, comp_engine),
+            "own_per_sample_s": own}
 
 
 if __name__ == "__main__":

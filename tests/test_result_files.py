@@ -152,7 +152,16 @@ def test_the_engine_fills_predicted_per_unit(tmp_path):
         _compute(d, w, [0, 2])
     with _open(d, tmp_path / "out.h5", "tiny", "fp", "synthetic") as w:
         assert _merge(w, [tmp_path / "shard.h5"]) == [0, 2]
-    assert CacheReader(tmp_path / "out.h5").samples["predicted"].tolist() == [2, -1, 0]
+    out = CacheReader(tmp_path / "out.h5")
+    assert out.samples["predicted"].tolist() == [2, -1, 0]
+    assert out.acts("video_pred").tolist() == [[2], [0]] and out.complete().tolist() == [0, 2]
+    # a shard of another run (another model fingerprint) is refused, the output left as it was
+    with _open(d, tmp_path / "other.h5", "tiny", "fp2", "synthetic") as w:
+        _compute(d, w, [1])
+    with _open(d, tmp_path / "out.h5", "tiny", "fp", "synthetic") as w:
+        with pytest.raises(CacheMismatchError, match="other.h5"):
+            _merge(w, [tmp_path / "other.h5"])
+    assert CacheReader(tmp_path / "out.h5").complete().tolist() == [0, 2]
 
 
 def test_the_reader_gives_str_and_dicts(tmp_path):
