@@ -39,14 +39,20 @@ non-negative: no float32 cancellation) plus the chunk's own triangle; WAAD
 is ``W * rowsum - sum_{o<W} (W - o) A_{t,t-o}`` from a W-wide gather; the
 entropy is ``lse - sum_s A_ts S_ts`` over scores shifted by the row's
 maximum, with the log-sum-exp taken from the row's largest probability; FAI
-is a vector-matrix product over the keys every row of the chunk reaches and
-a masked sum over the band at the horizon's edges; group masses are two
-small matmuls with one-hot tables.
+over the keys every row of the chunk reaches is one row of a product that
+also gives, for each query group present in the chunk, its rows' mass by
+key (then summed into key groups: the group masses), and a masked sum over
+the band at the horizon's edges. Chunks take as many rows as keep them near
+512k scores (early ones, reading fewer keys, take more rows).
 
-Cost (``bench/attention.py``): memory linear in T (0.05x the materialised
-maps at 4k tokens); time 2.9-4.1x an sdpa forward on CPU, because the scores
-and softmax are computed again beside sdpa's fused kernel. The statistics
-are correct on any device; a fused kernel is what would make them cheap.
+Cost (``bench/attention.py``, 2026-11-30): memory linear in T (0.03-0.06x
+the materialised maps at 4k tokens); time 2.9x (reasoner) and 4.8x
+(tiny-llava-next) an sdpa forward at 4k on CPU, because the scores and
+softmax are computed again beside sdpa's fused kernel: at 4k on
+tiny-llava-next (heads of width 16) the scores' product alone takes as long
+as sdpa's whole attention (torch's profiler: 434 against 409 ms over the
+layers), and the softmax half as long again. The statistics are
+correct on any device; a fused kernel is what would make them cheap.
 
 A query row with no key to read (left padding of a batch) is no part of
 any sequence: its own statistics are NaN and it adds nothing to FAI or the
@@ -125,11 +131,26 @@ class StatsSpec:
         self.spans = {str(k): (int(a), int(b)) for k, (a, b) in self.spans.items()}
 
 
-def _auto_chunk(heads: int, keys: int) -> int:
-    # ~512k scores (2 MB) per chunk: the passes over a chunk then run from
-    # cache (measured 1.5x faster than 8 MB chunks), and the per-chunk Python
-    # overhead stays small
-    return max(16, min(keys, (1 << 19) // max(1, heads * keys)))
+SCORES_PER_CHUNK = 1 << 19  # ~512k scores (2 MB): a chunk's passes run from cache, per-chunk overhead stays small
+
+
+def chunk_plan(heads: int, T: int, rows: int | None = None) -> list[tuple[int, int]]:
+    """Query chunks [i, j) over T positions: ``rows`` rows each when given, else
+    as many rows as keep a chunk's scores ``[heads, rows, j]`` near
+    ``SCORES_PER_CHUNK`` (the model is causal: a chunk reads keys up to its
+    end, so early chunks take more rows; the number of chunks, and with it
+    the per-chunk overhead, halves against a fixed row count)."""
+    plan, i = [], 0
+    while i < T:
+        if rows:
+            c = rows
+        else:  # the largest c with heads * c * (i + c) <= budget, at least 16
+            c = int((-i + (i * i + 4 * SCORES_PER_CHUNK / max(1, heads)) ** 0.5) / 2)
+            c = max(16, c)
+        j = min(T, i + c)
+        plan.append((i, j))
+        i = j
+    return plan
 
 
 class _Tables:
@@ -159,15 +180,28 @@ class _Tables:
             hi = T if h.hi is None else (pos + h.hi + 1).clamp(max=T)
             self.count[h.name] = (c[hi] - c[lo]).clamp(min=0)
         self.spec = spec
+        self._pieces: dict = {}
+
+    def query_groups(self, i: int, j: int) -> torch.Tensor:
+        """The groups (frames, then spans) that hold a row in [i, j)."""
+        key = (i, j, "groups")
+        if key not in self._pieces:
+            self._pieces[key] = torch.nonzero(self.onehot[i:j].sum(0) > 0)[:, 0]
+        return self._pieces[key]
 
     def fai_pieces(self, i: int, j: int, h: Horizon) -> list[tuple[int, int, torch.Tensor | None]]:
         """How the rows [i, j) reach the keys for horizon ``h``: a list of
         (key start, key end, mask [j-i, end-start] or None). None marks the
         keys every row of the chunk reads within the horizon (a plain column
         sum over the rows in R, done as one matrix-vector product); a mask
-        marks the band at the edges. Built per chunk and layer and dropped:
-        kept for all chunks they would be T^2 / 2 entries, the quadratic
-        memory this module avoids."""
+        marks the band at the edges, at most (j - i) x (j - i + hi - lo)
+        entries: linear in T over all chunks, kept for every layer."""
+        key = (i, j, h.name)
+        if key not in self._pieces:
+            self._pieces[key] = self._fai_pieces(i, j, h)
+        return self._pieces[key]
+
+    def _fai_pieces(self, i: int, j: int, h: Horizon) -> list[tuple[int, int, torch.Tensor | None]]:
         lo, hi = h.lo, (j if h.hi is None else h.hi)
         p0, p1 = max(0, i - hi), max(0, j - lo)  # keys some row reaches: s in [t - hi, t - lo]
         f0, f1 = max(0, j - 1 - hi), max(0, i - lo + 1)  # keys every row reaches
@@ -206,15 +240,17 @@ class AttentionStats:
             self._tables = _Tables(self.spec, K, query.device)
         tab, spec = self._tables, self.spec
         W, G, nf = spec.window, tab.onehot.shape[1], tab.n_frames
-        chunk = spec.chunk or _auto_chunk(H, K)
+        plan = chunk_plan(H, K, spec.chunk)
+        chunk = max(j - i for i, j in plan)
         dev = query.device
         out = {n: torch.zeros(B, H, K, device=dev) for n in ("span_term", "waad", "entropy")}
         fai = {h.name: torch.zeros(B, H, K, device=dev) for h in spec.horizons}
         mass = torch.zeros(B, H, G, G, device=dev)
         groups = H // Hkv
         # the scaling folded into the queries (eager scales the product: equal to float32 rounding)
+        # grouped-query heads stacked over their key/value head: one product per kv head, no key copies
         q = (query.float() * scaling).reshape(B, Hkv, groups, Q, -1)
-        k = key.float()[:, :, None]  # [B, Hkv, 1, K, d]
+        kt = key.float().transpose(-1, -2)  # [B, Hkv, d, K]
         if attention_mask is not None and attention_mask.dim() != 4:
             raise ValueError(f"expected a 4D attention mask, got {tuple(attention_mask.shape)}")
         fmin = torch.finfo(torch.float32).min
@@ -222,11 +258,10 @@ class AttentionStats:
         tri_dist = (o.new_tensor(range(chunk))[:, None] - o.new_tensor(range(chunk))[None, :]).clamp(min=0).float()
         tri_mask = tri_dist.eq(0) & ~torch.eye(chunk, dtype=torch.bool, device=dev)  # keys after the query
         weight = (W - o).float()
-        for i in range(0, K, chunk):
-            j = min(K, i + chunk)
+        for i, j in plan:
             c = j - i
             t = torch.arange(i, j, device=dev)
-            s = torch.matmul(q[:, :, :, i:j], k[:, :, :, :j].transpose(-1, -2)).reshape(B, H, c, j)
+            s = torch.matmul(q[:, :, :, i:j].reshape(B, Hkv, groups * c, -1), kt[..., :j]).view(B, H, c, j)
             if attention_mask is None:  # sdpa's plain causal case: only the chunk's own triangle
                 s[..., i:j].masked_fill_(tri_mask[:c, :c], fmin)
             elif attention_mask.dtype == torch.bool:  # sdpa's: True = attend
@@ -263,17 +298,21 @@ class AttentionStats:
             idx = t[:, None] - o[None, :]  # keys t - o, o < W
             near = a.gather(-1, idx.clamp(min=0).expand(B, H, c, W))
             out["waad"][..., i:j] = W * rowsum - torch.matmul(near.masked_fill(idx < 0, 0.0), weight)
-            r = tab.rows[i:j].float()
+            # row-weighted column sums in one product: the FAI rows (every horizon's keys that all
+            # rows of the chunk reach) and each query group present in the chunk (its rows' mass by
+            # key, then into key groups: a few rows of [j] instead of a [G, j] x [j, c] product)
+            r, present = tab.rows[i:j], tab.query_groups(i, j)
+            weights = torch.cat([r[None].float(), tab.onehot[i:j, present].T])  # [1 + groups here, c]
+            cols = torch.matmul(weights, a)  # [B, H, 1 + groups here, j]
             if r.any():
                 for h in spec.horizons:
                     for x, y, m in tab.fai_pieces(i, j, h):
                         if m is None:
-                            fai[h.name][..., x:y] += torch.matmul(r, a[..., x:y])
+                            fai[h.name][..., x:y] += cols[..., 0, x:y]
                         else:
                             fai[h.name][..., x:y] += (a[..., x:y] * m).sum(-2)
-            if G:  # [G, j] @ [B, H, j, c] -> key groups by row, then rows into their groups
-                by_row = torch.matmul(tab.onehot[:j].T, a.transpose(-1, -2))
-                mass += torch.matmul(by_row, tab.onehot[i:j])  # [B, H, G_key, G_query]
+            if present.numel():  # [B, H, G_query, G_key]
+                mass.index_add_(2, present, torch.matmul(cols[..., 1:, :], tab.onehot[:j]))
             if dead is not None:
                 for n in out:
                     out[n][..., i:j].masked_fill_(dead, torch.nan)
@@ -282,7 +321,6 @@ class AttentionStats:
         for h in spec.horizons:
             c = tab.count[h.name]
             rec[f"fai_{h.name}"] = torch.where(c > 0, fai[h.name] / c.clamp(min=1), torch.nan)
-        mass = mass.transpose(-1, -2)  # [B, H, G_query, G_key]
         rec["frame_mass"] = mass[:, :, :nf, :nf]
         rec["span_mass"] = mass[:, :, nf:, nf:]
         self._per_layer[layer] = rec
