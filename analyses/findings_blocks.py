@@ -355,7 +355,7 @@ def tomato_block(paths: dict) -> str:
 
 def t3_block(paths: dict) -> str:
     """The T3 probe table on the organism and the bottleneck it shows."""
-    from analyses.t3 import load_results
+    from analyses.t3_results import load_results
 
     return t3_text(load_results(ROOT / paths["t3"]))
 

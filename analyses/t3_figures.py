@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analyses.t3 import T3Result
+from analyses.t3_results import T3Result
 
 def plot_layers(res: T3Result, width: float | None = None):
     """Probe accuracy against stage/layer, one panel per task (the panels

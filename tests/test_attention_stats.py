@@ -121,6 +121,26 @@ def test_text_models_against_eager_maps(name):
         check(lm, inputs, layout, chunk)
 
 
+def test_chunks_sized_by_their_keys(monkeypatch):
+    """The automatic plan (chunk=None) on a long input: early chunks, reading
+    fewer keys, take more rows; with a small score budget a prompt of a few
+    hundred tokens gets chunks of many sizes, checked against the maps."""
+    from tracing import attention_stats as stats
+
+    assert stats.chunk_plan(4, 100, 7)[-2:] == [(91, 98), (98, 100)]
+    plan = stats.chunk_plan(4, 5000)
+    assert plan[0][0] == 0 and plan[-1][1] == 5000 and all(a[1] == b[0] for a, b in zip(plan, plan[1:]))
+    sizes = [j - i for i, j in plan]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 362 and sizes[-2] == 26  # the last: what is left
+    assert all(4 * (j - i) * j <= stats.SCORES_PER_CHUNK for i, j in plan)
+    monkeypatch.setattr(stats, "SCORES_PER_CHUNK", 4 * 64 * 64)  # 64 rows, then 39, 30, 25, 22, ...
+    lm = model("tiny-llava-next")
+    inputs, layout = video_prompt(lm)
+    plan = stats.chunk_plan(lm.text_config.num_attention_heads, inputs["input_ids"].shape[1])
+    assert len({j - i for i, j in plan}) > 5
+    check(lm, inputs, layout, chunk=None)
+
+
 def test_sdpa_model_gives_the_same_statistics():
     eager, sdpa = model("tiny-qwen2-vl"), model("tiny-qwen2-vl", "sdpa")
     inputs, layout = video_prompt(eager)

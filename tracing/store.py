@@ -212,11 +212,9 @@ def _check_samples(samples, path):
 # ---------------------------------------------------------------- one row of a dataset
 
 class _Rows:
-    """Reads and writes one row (the first axis: a sample) of a dataset through
-    h5py's low-level calls with the dataspaces made once: a high-level
-    ``ds[i] = x`` or ``write_direct`` builds its selection anew each call and
-    costs 3-4x as much (about 190 against 55 us; a flow unit writes 21 rows,
-    and the run engine's merge reads and writes them again)."""
+    """One row (a sample) of a dataset, read and written through h5py's
+    low-level calls with the dataspaces made once: ``ds[i] = x`` builds its
+    selection anew each call, 3-4x the cost (190 against 55 us a row)."""
 
     def __init__(self, ds):
         self.id, self.row, self.dtype = ds.id, ds.shape[1:], ds.dtype
@@ -421,6 +419,9 @@ class CacheWriter:
                 return []
             names = [f"{group}/{h}" for group in ("acts", "acts_shape") for h in self.hooks]
             names += ["layout", "samples/run_meta"] + (["samples/predicted"] if self._predicted else [])
+            bad = [n for n in names if (g[n].shape, g[n].dtype) != (self._f[n].shape, self._f[n].dtype)]
+            if bad:  # e.g. another max_json_bytes, which the identity does not hold
+                raise StoreError(f"{src}: {', '.join(bad)} differ in shape from {self.path}'s: not a part of this run")
             cut = np.flatnonzero(np.diff(want) != 1) + 1  # blocks of consecutive units
             blocks = [(int(b[0]), int(b[-1]) + 1) for b in np.split(want, cut)]
             for name in names:
