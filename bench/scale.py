@@ -49,6 +49,10 @@ def prepare(argv):
 
     i = argv.index("--stamps")
     stamps, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
+    if "--cpu" in argv:  # the computing process on this core (see main)
+        i = argv.index("--cpu")
+        os.sched_setaffinity(0, {int(argv[i + 1])})
+        argv = argv[:i] + argv[i + 2:]
     p = flow.prepare(argv)
     compute = p.decl.compute
 
@@ -83,20 +87,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="plain and engine runs each, alternating; every unit "
                     "counts with its fastest time")
     ap.add_argument("--plain-only", default=None, help=argparse.SUPPRESS)  # STAMPS: one plain loop, noted there
+    ap.add_argument("--cpu", default=None, help=argparse.SUPPRESS)  # with --plain-only: the core to compute on
     a = ap.parse_args(argv)
     if a.limit < 1 or a.repeats < 1:
         ap.error("--limit and --repeats must be at least 1")
 
-    def flow_argv(out: Path, stamps: Path) -> list[str]:
+    def flow_argv(out: Path, stamps: Path, pinned: bool = True) -> list[str]:
         return ["--model", a.model, "--tasks", a.tasks, "--limit", str(a.limit), "--frames", str(a.frames),
-                "--samples", "all", "--no-progress", "--out", str(out), "--stamps", str(stamps)]
+                "--samples", "all", "--no-progress", "--out", str(out), "--stamps", str(stamps)] + pin * pinned
 
+    # On a machine of several cores the plain loop and the engine's worker compute on the same one, the
+    # driver and Ray's own processes on the others: two processes on different cores of a shared virtual
+    # machine differ by up to 15% in speed whatever they run (measured: a Ray actor running the plain loop).
+    cores = sorted(os.sched_getaffinity(0))
+    pin = ["--cpu", str(cores[-1])] if len(cores) > 1 else []
     import torch
 
     torch.set_num_threads(1)  # as each Ray worker (one CPU each)
     if a.plain_only is not None:
         with tempfile.TemporaryDirectory() as d:
-            p = prepare(flow_argv(Path(d) / "unused.h5", Path(a.plain_only)))
+            p = prepare(flow_argv(Path(d) / "unused.h5", Path(a.plain_only)) + (["--cpu", a.cpu] if a.cpu else []))
             for i in range(len(p.decl.units)):
                 p.decl.compute(i)
         return {}
@@ -108,20 +118,22 @@ def main(argv=None) -> dict:
 
     def plain_run(stamps: Path) -> float:
         cmd = [sys.executable, "-m", "bench.scale", "--model", a.model, "--tasks", a.tasks, "--limit",
-               str(a.limit), "--frames", str(a.frames), "--plain-only", str(stamps)]
+               str(a.limit), "--frames", str(a.frames), "--plain-only", str(stamps)] + pin
         t = time.perf_counter()
         subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         return time.perf_counter() - t
 
     def engine_run(out: Path, stamps: Path, workers: int) -> float:
-        job = flow_argv(out, stamps)
-        p = prepare(job)
+        job = flow_argv(out, stamps, pinned=workers == 1)  # two workers: each on its own core
+        p = prepare(flow_argv(out, stamps.with_suffix(".driver"), pinned=False))  # the driver's own units apart
         t = time.perf_counter()
         engine.run(p.decl, out, p.lm.name, p.lm.fingerprint, p.dataset, progress=False, workers=workers,
                    job=("bench.scale", job))
         return time.perf_counter() - t
 
     plain, through, wall_plain, wall_engine = [], [], [], []
+    if pin:
+        os.sched_setaffinity(0, set(cores[:-1]))  # the driver, and Ray's processes started from it
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         os.environ.setdefault("RAY_worker_niceness", "0")  # as analyses.run starts its local instance
