@@ -13,14 +13,15 @@ What is compared is what every further sample costs, timed where the work
 happens: both processes note the moment each unit's computation starts, and
 a unit's cost is the time from its start to the next unit's. In the engine
 that includes everything the engine adds per unit (the write into the shard,
-the bookkeeping, and at a batch's end closing the shard, Ray's return and
-the next call, opening the shard again); the fixed costs (Ray's start-up,
+the bookkeeping, and at a batch's end Ray's return and the next call); the
+fixed costs (Ray's start-up,
 the worker's imports, loading the model, building the declaration, the
 driver's first unit and the final merge) are outside the units and printed
-apart. Plain and engine runs alternate, ``--repeats`` times each, and each
-unit counts with its fastest time over the repeats: noise on a shared
-machine only ever adds time, while the engine's own per-unit work is there
-in every repeat. (Timing whole runs instead, and taking the per-sample cost
+apart. Both compute on the same core (the last one this process may use),
+the driver and Ray's own processes on the others. Plain and engine runs
+alternate, ``--repeats`` times each, and each unit counts with its fastest
+time over the repeats: noise on a shared machine only ever adds time, while
+the engine's own per-unit work is there in every repeat. (Timing whole runs instead, and taking the per-sample cost
 as a difference between two sample counts, left a few milliseconds a sample
 under seconds of run-to-run spread in the fixed costs: +61% to -44% over
 identical runs; docs/scaling.md.)
@@ -42,9 +43,10 @@ import numpy as np
 
 
 def prepare(argv):
-    """``analyses.flow.prepare`` with every unit's start noted in the file
-    after ``--stamps`` (one JSON line per unit: index, perf_counter): the job
-    module that the engine's worker rebuilds the analysis with."""
+    """``analyses.flow.prepare`` with every unit's computation timed into the
+    file after ``--stamps`` (a line per unit: index, start, end; perf_counter)
+    and, with ``--cpu N``, the process moved onto core N: the job module that
+    the engine's worker rebuilds the analysis with, and the plain loop's."""
     from analyses import flow
 
     i = argv.index("--stamps")
