@@ -220,10 +220,10 @@ class _Rows:
         self.id, self.row, self.dtype = ds.id, ds.shape[1:], ds.dtype
         self.file_space = ds.id.get_space()
         self.mem_space = h5py.h5s.create_simple((1, *self.row))
-        self.start, self.count = (0,) * len(ds.shape), (1, *self.row)
+        self.count = (1, *self.row)
 
     def _select(self, i: int) -> None:
-        self.file_space.select_hyperslab((i, *self.start[1:]), self.count)
+        self.file_space.select_hyperslab((i,) + (0,) * len(self.row), self.count)
 
     def write(self, i: int, x) -> None:
         """x: the whole row, already of the dataset's dtype and row shape."""
@@ -419,7 +419,7 @@ class CacheWriter:
                 return []
             names = [f"{group}/{h}" for group in ("acts", "acts_shape") for h in self.hooks]
             names += ["layout", "samples/run_meta"] + (["samples/predicted"] if self._predicted else [])
-            bad = [n for n in names if (g[n].shape, g[n].dtype) != (self._f[n].shape, self._f[n].dtype)]
+            bad = check and [n for n in names if (g[n].shape, g[n].dtype) != (self._f[n].shape, self._f[n].dtype)]
             if bad:  # e.g. another max_json_bytes, which the identity does not hold
                 raise StoreError(f"{src}: {', '.join(bad)} differ in shape from {self.path}'s: not a part of this run")
             cut = np.flatnonzero(np.diff(want) != 1) + 1  # blocks of consecutive units
