@@ -148,6 +148,26 @@ def test_training_is_deterministic_and_writes_elsewhere():
     assert default_out(0, 10).resolve() != REASONER_DIR.resolve()
 
 
+def test_learning_rate_schedule_by_hand():
+    import math
+
+    from organism.reasoner.train import lr_factor
+
+    # warm-up: (step + 1) / warmup of the cosine's value
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1 * (0.1 + 0.45 * (1 + math.cos(0))))
+    # plain cosine: half-way is 0.1 + 0.45 = 0.55, the last step a tenth
+    assert lr_factor(50, 100, 10) == pytest.approx(0.55)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.1)
+    # held at the peak for the first 60 steps, then the cosine over the 40 left
+    assert lr_factor(59, 100, 10, stable=0.6) == lr_factor(60, 100, 10, stable=0.6) == 1.0
+    assert lr_factor(80, 100, 10, stable=0.6) == pytest.approx(0.55)
+    assert lr_factor(100, 100, 10, stable=0.6) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="stable"):
+        from organism.reasoner.train import train
+
+        train(steps=1, seed=1, out=None, stable=1.0)
+
+
 # -- the committed checkpoint ---------------------------------------------------
 @pytest.fixture(scope="module")
 def lm():

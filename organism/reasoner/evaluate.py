@@ -181,6 +181,8 @@ def _command(ph: dict, init: str | None = None, out: str | None = None) -> str:
                                ("--warmup", "warmup", 100)):
         if ph[key] != default:
             cmd += f" {flag} {ph[key]:g}" if isinstance(ph[key], float) else f" {flag} {ph[key]}"
+    if ph.get("stable", 0.0):
+        cmd += f" --stable {ph['stable']:g}"
     if ph.get("threads", 1) != 1:
         cmd += f" --threads {ph['threads']}"
     if init:

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,15 @@ def loss_on(model, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
     return loss, ~wrong.any(1), int((target != IGNORE).sum())
 
 
+def lr_factor(step: int, steps: int, warmup: int, stable: float = 0.0) -> float:
+    """The learning rate at ``step`` over its peak: a linear warm-up over
+    ``warmup`` steps, the peak held for the first ``stable`` fraction of the
+    steps, then a cosine down to a tenth of the peak at the last step."""
+    hold = int(stable * steps)
+    decay = min(1.0, max(0, step - hold) / (steps - hold))
+    return min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * decay)))
+
+
 def family_weights(running: dict[str, list[float]], floor: float = 0.15) -> np.ndarray:
     """Sampling weight per family: its recent error rate plus a floor (families
     the model has solved keep being rehearsed)."""
@@ -100,18 +110,25 @@ def micro_batches(items: list, n: int) -> list[list]:
 
 def train(steps: int, seed: int, out: Path | None, batch_tokens: int = 1280, lr: float = 2e-3, warmup: int = 100,
           log_every: int = 50, threads: int = 1, arch: dict = ARCH, save_every: int = 500,
-          micro: int = 2, init: Path | None = None) -> list[dict]:
+          micro: int = 2, init: Path | None = None, stable: float = 0.0) -> list[dict]:
     """Train from the seeded initialisation (or, with ``init``, from the
     weights of that checkpoint: a second phase with its own schedule);
     deterministic in (seed, steps, batch_tokens, lr, warmup, arch, micro,
-    init) on a given machine and thread count.
+    init, stable) on a given machine and thread count.
+
+    The learning rate warms up linearly over ``warmup`` steps, stays at the
+    peak for the first ``stable`` fraction of the steps, then follows a
+    cosine down to a tenth of the peak (``stable`` 0: a cosine over the
+    whole run).
 
     Each step: fresh problems of all families (mixed; see ``family_weights``)
     worth ``batch_tokens`` tokens, run as ``micro`` length-sorted
     micro-batches whose gradients add up to one step's."""
+    if not 0.0 <= stable < 1.0:
+        raise ValueError(f"stable must be in [0, 1), got {stable}")
     torch.set_num_threads(threads)
     tok = build_tokenizer()
-    hparams = dict(steps=steps, batch_tokens=batch_tokens, lr=lr, warmup=warmup, micro=micro)
+    hparams = dict(steps=steps, batch_tokens=batch_tokens, lr=lr, warmup=warmup, micro=micro, stable=stable)
     model = build_model(build_config(tok, arch), seed)
     if init is not None:
         import transformers
@@ -121,9 +138,7 @@ def train(steps: int, seed: int, out: Path | None, batch_tokens: int = 1280, lr:
         hparams["init"] = {"from": str(init), **{k: v for k, v in before.items() if k not in ("log",)}}
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    # Linear warm-up, then cosine down to a tenth of the peak.
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, steps=steps, warmup=warmup, stable=stable))
     rng = np.random.default_rng(seed)
     running: dict[str, list[float]] = {f: [] for f in FAMILIES}
     log, t0, n_tokens = [], time.time(), 0
@@ -204,6 +219,9 @@ def main(argv=None):
                     help="tokens of fresh problems per step (default 1280, ~16 problems)")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW; warm-up, cosine to 10%%)")
     ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    ap.add_argument("--stable", type=float, default=0.0,
+                    help="fraction of the steps held at the peak learning rate before the cosine decay begins "
+                         "(default 0: the cosine spans the whole run)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--init", type=user_path, default=None,
                     help="start from this checkpoint's weights (a second phase, with its own warm-up and cosine "
@@ -219,6 +237,7 @@ def main(argv=None):
     out = output_folder(ap, a.out, a.replace_checkpoint, REASONER_DIR, "reasoner-runs", a.seed, a.steps)
     print(f"training the reasoner for {a.steps} steps (seed {a.seed}) into {out}", flush=True)
     train(a.steps, a.seed, out, batch_tokens=a.batch_tokens, lr=a.lr, warmup=a.warmup, threads=a.threads,
+          stable=a.stable,
           init=None if a.init is None else Path(a.init))
     print(f"saved to {out}; evaluate it with `python -m organism.evaluate --model reasoner --checkpoint {out}`")
 
