@@ -148,6 +148,27 @@ def test_training_is_deterministic_and_writes_elsewhere():
     assert default_out(0, 10).resolve() != REASONER_DIR.resolve()
 
 
+def test_micro_batches_cut_where_padding_is_least():
+    import itertools
+
+    from organism.reasoner.train import micro_batches
+
+    rng = np.random.default_rng(0)
+    for n_items, n in [(1, 3), (5, 2), (9, 3), (12, 4)]:
+        items = [(i, ([0] * int(x), None)) for i, x in enumerate(rng.integers(20, 120, n_items))]
+        parts = micro_batches(items, n, "least-padding")
+        assert 1 <= len(parts) <= n and sorted(i for p in parts for i, _ in p) == list(range(n_items))
+        padded = lambda ps: sum(max(len(e[0]) for _, e in p) * len(p) for p in ps)
+        # every way of cutting the length-sorted items into at most n runs, by brute force
+        srt = sorted(items, key=lambda it: len(it[1][0]))
+        best = min(padded([srt[a:b] for a, b in zip((0,) + cuts, cuts + (n_items,))])
+                   for k in range(n) for cuts in itertools.combinations(range(1, n_items), k))
+        assert padded(parts) == best
+        even = micro_batches(items, n)  # the default: equal counts, as the committed checkpoint was trained
+        assert [len(p) for p in even] == [len(p) for p in (srt[i:i + -(-n_items // n)] for i in range(0, n_items, -(-n_items // n)))]
+        assert padded(even) >= best
+
+
 def test_learning_rate_schedule_by_hand():
     import math
 

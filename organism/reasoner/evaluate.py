@@ -135,7 +135,9 @@ concatenation, so the text round-trips exactly and offsets are exact.
   greedy whole-solution exact match) plus a floor of 0.15: the model's steps
   go where it is still wrong.
 - AdamW (betas 0.9/0.98, weight decay 0.01), linear warm-up to the peak
-  learning rate, cosine down to 10% of the peak; gradient clipping 1.0.
+  learning rate, held at the peak for the phase's stable part where it has
+  one (`--stable`), then a cosine down to 10% of the peak; gradient
+  clipping 1.0.
 {notes}
 Running exact match per family at the end of training (fresh problems):
 {running}. The per-step log is in `train_log.json`.
@@ -183,6 +185,12 @@ def _command(ph: dict, init: str | None = None, out: str | None = None) -> str:
             cmd += f" {flag} {ph[key]:g}" if isinstance(ph[key], float) else f" {flag} {ph[key]}"
     if ph.get("stable", 0.0):
         cmd += f" --stable {ph['stable']:g}"
+    if ph.get("micro", 2) != 2:
+        cmd += f" --micro {ph['micro']}"
+    if ph.get("cut", "even") != "even":
+        cmd += f" --cut {ph['cut']}"
+    if ph.get("compile"):
+        cmd += " --compile"
     if ph.get("threads", 1) != 1:
         cmd += f" --threads {ph['threads']}"
     if init:
@@ -208,8 +216,10 @@ def write_card(model, tokenizer, table: dict, folder: Path, n: int, seed0: int, 
         init = None if k == 0 else f"reasoner-runs/phase{k}"
         name = f"Phase {k + 1} of {len(phases)}" if len(phases) > 1 else "One phase"
         start = "from random initialisation" if k == 0 else "from the weights of the phase before"
+        held = f" held for the first {ph['stable']:.0%} of the steps" if ph.get("stable") else ""
         lines.append(f"- {name}, {start}: `{_command(ph, init)}`: {ph['steps']} steps of about "
-                     f"{ph['batch_tokens']} tokens of fresh problems, peak learning rate {ph['lr']:g}, "
+                     f"{ph['batch_tokens']} tokens of fresh problems, peak learning rate {ph['lr']:g}"
+                     f"{held}, "
                      f"{ph['warmup']} warm-up steps ({round(ph['wall_s'] / 60)} minutes on "
                      f"{_threads(ph.get('threads', 1))} of a shared 2-core machine; "
                      f"{ph.get('solution_tokens', 0):,} solution tokens).")

@@ -100,21 +100,52 @@ def sample_problems(rng: np.random.Generator, tok, weights: np.ndarray, budget: 
     return out
 
 
-def micro_batches(items: list, n: int) -> list[list]:
-    """Sorted by length and cut in n: each part is padded to its own longest
-    row (a mixed batch padded as one was 38% padding)."""
+CUTS = ("even", "least-padding")
+
+
+def micro_batches(items: list, n: int, cut: str = "even") -> list[list]:
+    """Sorted by length and cut into n runs of consecutive items, each padded
+    to its own longest row (a mixed batch padded as one was 38% padding).
+    ``even``: runs of equal count (32% padding when the hard families
+    dominate); ``least-padding``: at most n runs, cut where they leave the
+    fewest padded slots (25% in two runs, 12% in three)."""
+    if cut not in CUTS:
+        raise ValueError(f"unknown micro-batch cut {cut!r}; known: {', '.join(CUTS)}")
     items = sorted(items, key=lambda it: len(it[1][0]))
-    k = math.ceil(len(items) / n)
-    return [items[i : i + k] for i in range(0, len(items), k)]
+    if cut == "even":
+        k = math.ceil(len(items) / n)
+        return [items[i : i + k] for i in range(0, len(items), k)]
+    lengths = [len(it[1][0]) for it in items]
+    m = len(items)
+    # cost[k][e]: fewest padded slots for the first e items in k runs; start[k][e]: where the last run starts
+    cost = [[math.inf] * (m + 1) for _ in range(n + 1)]
+    start = [[0] * (m + 1) for _ in range(n + 1)]
+    cost[0][0] = 0
+    for k in range(1, n + 1):
+        for e in range(1, m + 1):
+            for b in range(e):
+                c = cost[k - 1][b] + lengths[e - 1] * (e - b)
+                if c < cost[k][e]:
+                    cost[k][e], start[k][e] = c, b
+    k = min(range(1, n + 1), key=lambda k: cost[k][m])
+    parts, e = [], m
+    while k:
+        b = start[k][e]
+        parts.insert(0, items[b:e])
+        e, k = b, k - 1
+    return parts
 
 
 def train(steps: int, seed: int, out: Path | None, batch_tokens: int = 1280, lr: float = 2e-3, warmup: int = 100,
           log_every: int = 50, threads: int = 1, arch: dict = ARCH, save_every: int = 500,
-          micro: int = 2, init: Path | None = None, stable: float = 0.0) -> list[dict]:
+          micro: int = 2, init: Path | None = None, stable: float = 0.0, compile: bool = False,
+          cut: str = "even") -> list[dict]:
     """Train from the seeded initialisation (or, with ``init``, from the
     weights of that checkpoint: a second phase with its own schedule);
     deterministic in (seed, steps, batch_tokens, lr, warmup, arch, micro,
-    init, stable) on a given machine and thread count.
+    init, stable, compile, cut) on a given machine and thread count. ``compile``
+    runs the model's forward under ``torch.compile`` (a step about 0.7x the
+    eager time here, after a compile of about 30 s).
 
     The learning rate warms up linearly over ``warmup`` steps, stays at the
     peak for the first ``stable`` fraction of the steps, then follows a
@@ -128,7 +159,10 @@ def train(steps: int, seed: int, out: Path | None, batch_tokens: int = 1280, lr:
         raise ValueError(f"stable must be in [0, 1), got {stable}")
     torch.set_num_threads(threads)
     tok = build_tokenizer()
-    hparams = dict(steps=steps, batch_tokens=batch_tokens, lr=lr, warmup=warmup, micro=micro, stable=stable)
+    if cut not in CUTS:
+        raise ValueError(f"unknown micro-batch cut {cut!r}; known: {', '.join(CUTS)}")
+    hparams = dict(steps=steps, batch_tokens=batch_tokens, lr=lr, warmup=warmup, micro=micro, stable=stable,
+                   compile=compile, cut=cut)
     model = build_model(build_config(tok, arch), seed)
     if init is not None:
         import transformers
@@ -137,6 +171,8 @@ def train(steps: int, seed: int, out: Path | None, batch_tokens: int = 1280, lr:
         before = json.loads((Path(init) / "train_log.json").read_text())
         hparams["init"] = {"from": str(init), **{k: v for k, v in before.items() if k not in ("log",)}}
     model.train()
+    if compile:  # shapes vary with every batch: one dynamic graph, not one per shape
+        model.forward = torch.compile(model.forward, dynamic=True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, steps=steps, warmup=warmup, stable=stable))
     rng = np.random.default_rng(seed)
@@ -148,7 +184,7 @@ def train(steps: int, seed: int, out: Path | None, batch_tokens: int = 1280, lr:
         n_sol = sum(sum(1 for y in lab if y != IGNORE) for _, (_, lab) in items)
         opt.zero_grad()
         problems, exact, loss_sum = [], [], 0.0
-        for part in micro_batches(items, micro):
+        for part in micro_batches(items, micro, cut):
             loss, ex, _ = loss_on(model, collate(tok, [enc for _, enc in part]))
             (loss / n_sol).backward()
             loss_sum += loss.item()
@@ -223,6 +259,12 @@ def main(argv=None):
                     help="fraction of the steps held at the peak learning rate before the cosine decay begins "
                          "(default 0: the cosine spans the whole run)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--micro", type=int, default=2, help="length-sorted micro-batches per step (default 2)")
+    ap.add_argument("--cut", default="even", choices=CUTS,
+                    help="how a step's length-sorted problems are cut into micro-batches: runs of equal count "
+                         "(default, the committed checkpoint's) or where they leave the fewest padded slots")
+    ap.add_argument("--compile", action="store_true",
+                    help="run the model's forward under torch.compile (faster steps after a compile of ~30 s)")
     ap.add_argument("--init", type=user_path, default=None,
                     help="start from this checkpoint's weights (a second phase, with its own warm-up and cosine "
                          "schedule and fresh problems from --seed) instead of a random initialisation")
@@ -237,7 +279,7 @@ def main(argv=None):
     out = output_folder(ap, a.out, a.replace_checkpoint, REASONER_DIR, "reasoner-runs", a.seed, a.steps)
     print(f"training the reasoner for {a.steps} steps (seed {a.seed}) into {out}", flush=True)
     train(a.steps, a.seed, out, batch_tokens=a.batch_tokens, lr=a.lr, warmup=a.warmup, threads=a.threads,
-          stable=a.stable,
+          stable=a.stable, micro=a.micro, compile=a.compile, cut=a.cut,
           init=None if a.init is None else Path(a.init))
     print(f"saved to {out}; evaluate it with `python -m organism.evaluate --model reasoner --checkpoint {out}`")
 
