@@ -144,8 +144,9 @@ def train(steps: int, seed: int, out: Path | None, batch_tokens: int = 1280, lr:
     weights of that checkpoint: a second phase with its own schedule);
     deterministic in (seed, steps, batch_tokens, lr, warmup, arch, micro,
     init, stable, compile, cut) on a given machine and thread count. ``compile``
-    runs the model's forward under ``torch.compile`` (a step about 0.7x the
-    eager time here, after a compile of about 30 s).
+    runs the model's forward under ``torch.compile`` (after a compile of
+    about 30 s; with ``micro=3, cut="least-padding"`` a step took 0.21-0.22 s
+    in a whole 2-thread run, against 0.235 s eager in even halves).
 
     The learning rate warms up linearly over ``warmup`` steps, stays at the
     peak for the first ``stable`` fraction of the steps, then follows a
@@ -159,8 +160,6 @@ def train(steps: int, seed: int, out: Path | None, batch_tokens: int = 1280, lr:
         raise ValueError(f"stable must be in [0, 1), got {stable}")
     torch.set_num_threads(threads)
     tok = build_tokenizer()
-    if cut not in CUTS:
-        raise ValueError(f"unknown micro-batch cut {cut!r}; known: {', '.join(CUTS)}")
     hparams = dict(steps=steps, batch_tokens=batch_tokens, lr=lr, warmup=warmup, micro=micro, stable=stable,
                    compile=compile, cut=cut)
     model = build_model(build_config(tok, arch), seed)
