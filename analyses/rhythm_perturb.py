@@ -71,11 +71,17 @@ def perturb(lm, tokens: np.ndarray, logits: torch.Tensor, fai_t: np.ndarray, row
 
 def summary(trials: np.ndarray) -> dict:
     """Pooled trials [N, 6] -> how often the high-FAI change alters the rollout
-    more (strictly), as much, or less; mean changes."""
+    more (strictly), as much, or less; mean changes; and ``p_value``, a
+    two-sided sign test of "more" against "less" over the trials that are not
+    ties (is the high-FAI change more disruptive than a coin would make it?)."""
+    from scipy.stats import binomtest
+
     t = trials[~np.isnan(trials[:, 2]) & ~np.isnan(trials[:, 3])]
     if not len(t):
         return {"n": 0, "high_more": float("nan"), "tie": float("nan"), "low_more": float("nan"),
-                "high_change": float("nan"), "low_change": float("nan")}
+                "high_change": float("nan"), "low_change": float("nan"), "p_value": float("nan")}
     h, lo = t[:, 2], t[:, 3]
+    more, less = int((h > lo).sum()), int((h < lo).sum())
     return {"n": int(len(t)), "high_more": float(np.mean(h > lo)), "tie": float(np.mean(h == lo)),
-            "low_more": float(np.mean(h < lo)), "high_change": float(h.mean()), "low_change": float(lo.mean())}
+            "low_more": float(np.mean(h < lo)), "high_change": float(h.mean()), "low_change": float(lo.mean()),
+            "p_value": float(binomtest(more, more + less).pvalue) if more + less else 1.0}

@@ -185,8 +185,9 @@ def table(res: dict) -> str:
     if "perturbation" in res:
         p = res["perturbation"]
         lines.append(f"perturbation: the high-FAI change alters the rollout more in {100 * p['high_more']:.1f}% of "
-                     f"{p['n']} trials (as much: {100 * p['tie']:.1f}%, less: {100 * p['low_more']:.1f}%; mean "
-                     f"change {p['high_change']:.3f} vs {p['low_change']:.3f})   [paper: 87.14%]")
+                     f"{p['n']} trials (as much: {100 * p['tie']:.1f}%, less: {100 * p['low_more']:.1f}%, sign test "
+                     f"p = {p['p_value']:.3f}; mean change {p['high_change']:.3f} vs {p['low_change']:.3f})   "
+                     f"[paper: 87.14%]")
     for task, v in res.get("informative", {}).items():
         lines.append(f"{task}: FAI share of its informative frames {100 * v['share']:.1f}% (uniform "
                      f"{100 * v['uniform']:.1f}%, same frames in static clips {100 * v['control_share']:.1f}%); "
@@ -212,7 +213,8 @@ def stage_results(res: dict) -> dict:
     if "perturbation" in res:
         p = res["perturbation"]
         cols = ["high_more", "tie", "low_more", "high_change", "low_change"]
-        out["perturbation"] = (np.array([p[c] for c in cols]), {"columns": cols, "n": p["n"]})
+        out["perturbation"] = (np.array([p[c] for c in cols]), {"columns": cols, "n": p["n"],
+                                                                 "sign_test_p": p["p_value"]})
     if "frame_fai" in res:
         out["frame_fai"] = (res["frame_fai"], {"axes": ["layer", "frame"]})
         out["video_waad"] = (np.stack(list(res["video_waad"].values())), {"rows": list(res["video_waad"])})

@@ -165,6 +165,20 @@ def test_perturbation_by_hand():
         assert got[2 + col] == pytest.approx(want)
 
 
+def test_perturbation_summary_by_hand():
+    """Shares of more / as much / less, and the sign test worked by hand."""
+    from analyses.rhythm_perturb import summary
+
+    # columns 2 and 3: the high- and low-FAI change; a NaN row is a trial that could not run
+    hl = [(0.5, 0.1)] * 5 + [(0.1, 0.3), (0.2, 0.2), (0.0, 0.0), (np.nan, 0.1)]
+    trials = np.array([[0, 0, h, lo, 0, 0] for h, lo in hl])
+    s = summary(trials)
+    assert s["n"] == 8 and s["high_more"] == 5 / 8 and s["tie"] == 2 / 8 and s["low_more"] == 1 / 8
+    # 5 "more" against 1 "less": P(>= 5 of 6 | 1/2) = (6 + 1) / 64, doubled for both tails
+    assert s["p_value"] == pytest.approx(2 * 7 / 64)
+    assert s["high_change"] == pytest.approx((2.5 + 0.1 + 0.2) / 8)
+
+
 def test_traces_file(tmp_path, capsys):
     lm = load_model("reasoner")
     lines = ['{"id": "a", "prompt": "Ana left at 6:50. The bus took 10 minutes. When did Ana arrive?", '
