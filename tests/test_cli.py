@@ -180,8 +180,9 @@ def test_train_does_not_touch_the_committed_checkpoint(module, monkeypatch, tmp_
 
     # without --out: a new folder, never the committed checkpoint
     mod.main(["--steps", "7"])
+    seed = getattr(mod, "RECIPE", {}).get("seed", 0)  # the reasoner's defaults are its checkpoint's recipe
     assert len(calls) == 1 and calls[0].is_absolute() and not mod.is_committed(calls[0])
-    assert calls[0].parent.parent == tmp_path and calls[0].name == "seed0-steps7"
+    assert calls[0].parent.parent == tmp_path and calls[0].name == f"seed{seed}-steps7"
 
     # --out naming the committed checkpoint: refused before anything is built
     for argv in (["--out", str(committed)], ["--out", os.path.relpath(committed, tmp_path)],

@@ -154,7 +154,7 @@ def test_micro_batches_cut_where_padding_is_least():
     from organism.reasoner.train import micro_batches
 
     rng = np.random.default_rng(0)
-    # the default, as the committed checkpoint was trained: runs of ceil(items / n), counted by hand
+    # even (the first checkpoint's cut, train()'s default): runs of ceil(items / n), counted by hand
     even_sizes = {(1, 3): [1], (5, 2): [3, 2], (9, 3): [3, 3, 3], (12, 4): [3, 3, 3, 3]}
     for n_items, n in [(1, 3), (5, 2), (9, 3), (12, 4)]:
         items = [(i, ([0] * int(x), None)) for i, x in enumerate(rng.integers(20, 120, n_items))]
@@ -328,7 +328,7 @@ def t3_timestamps(lm, seed0: int, n: int = 120, C: float = 1.0) -> dict:
     return {"probe": probe, "majority": majority, "surface": surface, "model": model}
 
 
-def test_t3_on_the_reasoner_answer_is_partly_readable_before_the_steps(lm):
+def test_t3_on_the_reasoner_answer_is_computed_in_the_steps(lm):
     """T3's comparison (analyses/t3.py) on a model with meaningful answers:
     linear probes read the answer of held-out timestamps problems ("put them in
     order"; the answer starts with the earliest event) from the residual stream
@@ -344,25 +344,29 @@ def test_t3_on_the_reasoner_answer_is_partly_readable_before_the_steps(lm):
     stay near chance (0.07-0.13 here against 1/12). With a constant token at
     the probed position, the embedding carries nothing about the problem.
 
-    Observed (C=1; seeds from HELD_OUT_SEED + 500,000 / 600,000 / 700,000 /
-    800,000): probes at embedding, layers 1-4 = 0.35, 0.34, 0.58, 0.58, 0.54 /
-    0.38, 0.43, 0.58, 0.72, 0.62 / 0.29, 0.44, 0.64, 0.71, 0.74 / 0.25, 0.53,
-    0.57, 0.68, 0.66; majority 0.35 / 0.38 / 0.29 / 0.25; majority per chain
-    length 0.33 / 0.32 / 0.28 / 0.35; the model's answers 0.97 / 0.95 / 0.94 /
-    0.97 (C=0.1: best layer 0.59 / 0.64 / 0.65 / 0.65).
+    Observed on the committed checkpoint (C=1; seeds from HELD_OUT_SEED +
+    500,000 / 600,000 / 700,000 / 800,000): probes at embedding, layers 1-4 =
+    0.35, 0.38, 0.42, 0.43, 0.49 / 0.38, 0.38, 0.39, 0.46, 0.41 / 0.29, 0.34,
+    0.33, 0.37, 0.40 / 0.25, 0.36, 0.35, 0.40, 0.43; majority 0.35 / 0.38 /
+    0.29 / 0.25; majority per chain length 0.33 / 0.32 / 0.28 / 0.35; the
+    model's answers 1.00 in all four (C=0.1: best layer 0.48 / 0.40 / 0.38 /
+    0.41). Best layer over the larger baseline: +0.14 / +0.08 / +0.11 /
+    +0.08; the model over the best layer: +0.51 / +0.54 / +0.60 / +0.58.
 
-    The answer is partly there before any step is written (layers 2-4), well
-    short of what the model answers after writing its sorted steps."""
+    The answer is barely there before any step is written: the model works
+    it out while writing its sorted steps. (The first checkpoint, trained in
+    three phases for 74 minutes, read it far better at the same place: best
+    layers 0.58-0.74 on the same seeds. Two models that solve the same
+    problems can differ in how much they settle before writing.)"""
     r = t3_timestamps(lm, HELD_OUT_SEED + 500_000)
     acc, majority, surface, model = r["probe"], r["majority"], r["surface"], r["model"]
     print("\nT3 on the reasoner, timestamps (earliest event's position; 120 train, 120 test): probe at "
           + ", ".join(f"{'embedding' if l == 0 else f'layer {l}'} {a:.3f}" for l, a in enumerate(acc))
           + f"; majority {majority:.3f}, majority per length {surface:.3f}; the model's answers {model:.3f}")
     assert acc[0] == majority  # the embedding of a fixed token: the probe can only guess the majority
-    assert model >= 0.9  # its card: timestamps 0.96-0.99 at the training lengths
+    assert model >= 0.9  # its card: timestamps 1.00 at the training lengths
     best = acc[1:].max()
-    # Seen over the four seed sets above: best - both baselines >= 0.23, model - best >= 0.20,
-    # layers 2-4 - layer 1 >= 0.15 (one binomial sd at n=120 is <= 0.046).
-    assert best >= max(majority, surface) + 0.15, (acc, majority, surface)
-    assert model >= best + 0.1, (model, acc)
-    assert acc[2:].max() >= acc[1] + 0.1, acc  # built up over the layers, not there after the first
+    # Seen over the four seed sets above: best - both baselines >= 0.075, model - best >= 0.51
+    # (one binomial sd at n=120 is <= 0.046).
+    assert best >= max(majority, surface) + 0.05, (acc, majority, surface)  # a little is read early
+    assert model >= best + 0.4, (model, acc)  # most of it is computed in the steps
