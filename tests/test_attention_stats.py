@@ -199,3 +199,78 @@ def test_padded_batch_under_sdpa_against_eager_maps():
         got = st.numpy(batch=b)
         for name, r in ref.items():
             np.testing.assert_allclose(np.nan_to_num(got[name]), np.nan_to_num(r), rtol=TOL, atol=TOL, err_msg=name)
+
+
+# -- the fused C kernel (tracing/stats_kernel.py) ---------------------------------------------
+@pytest.mark.parametrize("name", TINY_MODELS + TINY_TEXT_MODELS + ("organism", "reasoner"))
+def test_fused_kernel_against_eager_maps(name):
+    """sdpa without a mask takes the kernel (grouped-query heads in the tiny
+    families); its statistics against the same formulas over the eager maps of
+    the same weights, and the layers' outputs are the sdpa model's own."""
+    eager, sdpa = model(name), model(name, "sdpa")
+    inputs, layout = (text_prompt if name in TINY_TEXT_MODELS + ("reasoner",) else video_prompt)(eager)
+    T = inputs["input_ids"].shape[1]
+    spec = spec_for(layout, T, None)
+    with torch.no_grad():
+        maps = np.stack([a[0].double().numpy() for a in eager.model(**inputs, output_attentions=True).attentions])
+        own = sdpa.model(**inputs)
+        with attention_stats(sdpa, spec, kernel="c") as st:
+            streamed = sdpa.model(**inputs)
+    assert set(st.path.values()) == {"c"} and len(st.path) == sdpa.n_layers
+    assert torch.equal(own.logits, streamed.logits)
+    got, ref = st.numpy(), reference(maps, spec)
+    for n, r in ref.items():
+        assert np.array_equal(np.isnan(got[n]), np.isnan(r)), n
+        np.testing.assert_allclose(np.nan_to_num(got[n]), np.nan_to_num(r), rtol=TOL, atol=TOL, err_msg=n)
+
+
+def test_fused_kernel_on_an_unpadded_batch_equals_the_torch_path():
+    """Two sequences of one length: no mask, so the kernel runs over (batch,
+    head) pairs; each row of the batch equals the torch path's."""
+    from tasks.reasoning import problem_set
+    from tracing.traces import prompt_ids
+
+    lm = model("reasoner", "sdpa")
+    ids = [prompt_ids(lm.tokenizer, p) for p in problem_set(["clock", "weekday", "timestamps"], 4, seed=7)]
+    n = min(map(len, ids))
+    batch = {"input_ids": torch.tensor([x[:n] for x in ids[:3]])}
+    spec = StatsSpec(rows=[t >= n // 3 for t in range(n)], horizons=SPEC_HORIZONS, spans={"a": (0, 6), "b": (4, n)})
+    got = {}
+    for kernel in ("c", "torch"):
+        with torch.no_grad(), attention_stats(lm, spec, kernel=kernel) as st:
+            lm.model(**batch)
+        assert set(st.path.values()) == {kernel}
+        got[kernel] = st.numpy(batch=None)
+    for name, a in got["torch"].items():
+        assert a.shape[0] == 3, name
+        np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL, err_msg=name)
+
+
+def test_without_a_compiler_the_torch_path_runs(monkeypatch, tmp_path):
+    """No compiler: 'auto' warns once and takes the torch path, 'c' says why;
+    a mask under kernel='c' and an unknown kernel are refused by name."""
+    from tracing import stats_kernel
+
+    monkeypatch.setattr(stats_kernel, "_state", {})
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("CHRONOLENS_KERNEL_CACHE", str(tmp_path / "cache"))
+    lm = model("reasoner", "sdpa")
+    inputs, _ = text_prompt(lm)
+    with pytest.warns(UserWarning, match="torch path"), torch.no_grad(), attention_stats(lm, StatsSpec()) as st:
+        lm.model(**inputs)
+    assert set(st.path.values()) == {"torch"} and "no-such-cc" in stats_kernel.why()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing half-built
+    with pytest.raises(RuntimeError, match="unavailable"), torch.no_grad(), attention_stats(lm, StatsSpec(),
+                                                                                         kernel="c"):
+        lm.model(**inputs)
+    monkeypatch.setattr(stats_kernel, "_state", {})
+    monkeypatch.delenv("CC")
+    if stats_kernel._compiler():  # a fresh build into the empty cache: one library, nothing left aside
+        assert stats_kernel.library() is not None
+        built = [f.name for f in (tmp_path / "cache").iterdir()]
+        assert len(built) == 1 and built[0].startswith("stats_kernel-") and built[0].endswith(".so")
+    with pytest.raises(ValueError, match="no attention mask"), torch.no_grad(), \
+            attention_stats(model("reasoner"), StatsSpec(), kernel="c"):  # eager: a mask
+        model("reasoner").model(**inputs)
+    with pytest.raises(ValueError, match="unknown kernel"), attention_stats(lm, StatsSpec(), kernel="cuda"):
+        pass

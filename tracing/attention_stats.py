@@ -45,14 +45,20 @@ key (then summed into key groups: the group masses), and a masked sum over
 the band at the horizon's edges. Chunks take as many rows as keep them near
 512k scores (early ones, reading fewer keys, take more rows).
 
-Cost (``bench/attention.py``, 2026-11-30): memory linear in T (0.03-0.06x
-the materialised maps at 4k tokens); time 2.9x (reasoner) and 4.8x
-(tiny-llava-next) an sdpa forward at 4k on CPU, because the scores and
-softmax are computed again beside sdpa's fused kernel: at 4k on
-tiny-llava-next (heads of width 16) the scores' product alone takes as long
-as sdpa's whole attention (torch's profiler: 434 against 409 ms over the
-layers), and the softmax half as long again. The statistics are
-correct on any device; a fused kernel is what would make them cheap.
+Two computations of the same sums. Where the forward has no attention mask
+(sdpa's plain causal case: one sequence or an unpadded batch) on CPU, a fused
+C kernel (``tracing/stats_kernel.py``, built on first use) takes one query row
+at a time with its scores in cache and reduces every statistic in the pass
+that computes its exponentials. Elsewhere (eager's mask, left padding, a GPU,
+or no C compiler) the chunked torch path above runs. ``attention_stats(...,
+kernel=)`` picks one; both are checked against eager maps.
+
+Cost (``bench/attention.py``, 2026-12-01, 2 threads): memory linear in T
+(0.02-0.05x the materialised maps at 4k tokens) on both paths. Time against
+an sdpa forward at 4k: the fused kernel 1.95x (reasoner) and 2.12x
+(tiny-llava-next), about what sdpa's own attention costs per layer; the
+torch path, which computes the scores and softmax again beside sdpa's fused
+kernel and reads them back some ten times, 2.3x and 3.9x.
 
 A query row with no key to read (left padding of a batch) is no part of
 any sequence: its own statistics are NaN and it adds nothing to FAI or the
@@ -72,7 +78,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from . import stats_kernel
 from .attention import attention_overrides
+
+KERNELS = ("auto", "c", "torch")  # attention_stats(kernel=...): the fused C kernel where it applies, or always one
 
 
 @dataclass(frozen=True)
@@ -223,11 +232,47 @@ class AttentionStats:
     """The statistics of one forward, filled layer by layer; read with
     ``numpy()`` once the forward is done."""
 
-    def __init__(self, spec: StatsSpec, layers: Sequence[int]):
+    def __init__(self, spec: StatsSpec, layers: Sequence[int], kernel: str = "auto"):
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(KERNELS)}")
         self.spec = spec
         self.layers = tuple(layers)
+        self.kernel = kernel
+        self.path: dict[int, str] = {}  # layer -> "c" or "torch": which computation the last forward used
         self._per_layer: dict[int, dict[str, torch.Tensor]] = {}
         self._tables: _Tables | None = None
+
+    def _fused(self, query, attention_mask) -> bool:
+        """Whether this call takes the fused C kernel (tracing/stats_kernel.py)."""
+        if self.kernel == "torch":
+            return False
+        fits = attention_mask is None and query.device.type == "cpu"
+        if self.kernel == "c" and not fits:
+            raise ValueError("kernel='c' covers a causal forward with no attention mask on CPU (sdpa, one sequence "
+                             f"or a batch without padding); this call has a mask: {attention_mask is not None}, "
+                             f"device {query.device.type}. Use kernel='auto' or 'torch'")
+        if not fits:
+            return False
+        if stats_kernel.library() is None:
+            if self.kernel == "c":
+                raise RuntimeError(f"kernel='c': the fused kernel is unavailable: {stats_kernel.why()}")
+            stats_kernel.warn_unavailable()
+            return False
+        return True
+
+    def _record_fused(self, layer: int, query, key, scaling: float) -> None:
+        tab, spec = self._tables, self.spec
+        nf = tab.n_frames
+        r = stats_kernel.row_stats(query, key, scaling, spec.window, tab.rows.cpu(),
+                                   [(h.lo, h.hi) for h in spec.horizons], list(spec.frames) + list(spec.spans.values()))
+        rec = {n: r[n] for n in ("span_term", "waad", "entropy")}
+        for x, h in enumerate(spec.horizons):
+            c = tab.count[h.name]
+            rec[f"fai_{h.name}"] = torch.where(c > 0, r["fai_sum"][x] / c.clamp(min=1), torch.nan)
+        rec["frame_mass"] = r["mass"][:, :, :nf, :nf]
+        rec["span_mass"] = r["mass"][:, :, nf:, nf:]
+        self._per_layer[layer] = rec
+        self.path[layer] = "c"
 
     # called from the attention override
     def _record(self, layer: int, module, query, key, attention_mask, scaling: float) -> None:
@@ -238,6 +283,9 @@ class AttentionStats:
                              f"{K} keys: run them without a cache, not inside generate()")
         if self._tables is None or self._tables.T != K:
             self._tables = _Tables(self.spec, K, query.device)
+        if self._fused(query, attention_mask):
+            return self._record_fused(layer, query, key, scaling)
+        self.path[layer] = "torch"
         tab, spec = self._tables, self.spec
         W, G, nf = spec.window, tab.onehot.shape[1], tab.n_frames
         plan = chunk_plan(H, K, spec.chunk)
@@ -361,16 +409,22 @@ def _unsupported(module) -> str | None:
 
 
 @contextmanager
-def attention_stats(lm, spec: StatsSpec, layers: Iterable[int] | None = None):
+def attention_stats(lm, spec: StatsSpec, layers: Iterable[int] | None = None, kernel: str = "auto"):
     """Compute the statistics of ``spec`` for every forward inside the block,
     in ``layers`` (default: all); the model's outputs are its own.
+
+    ``kernel``: "auto" takes the fused C kernel (``tracing/stats_kernel.py``)
+    where it applies (no attention mask: sdpa without padding, on CPU) and can
+    be built, else the chunked torch path; "c" requires the kernel; "torch"
+    always takes the torch path. Both give the same statistics to float32
+    rounding; ``stats.path`` says which ran for each layer.
 
         with attention_stats(lm, StatsSpec(rows=rows, horizons=("v1", "end"))) as st:
             lm.model(**inputs)
         arrays = st.numpy()   # {"waad": [L, H, T], "fai_end": [L, H, T], ...}
     """
     layers = tuple(range(lm.n_layers) if layers is None else sorted(set(layers)))
-    stats = AttentionStats(spec, layers)
+    stats = AttentionStats(spec, layers, kernel)
 
     def fn(layer, base, module, query, key, value, attention_mask, **kwargs):
         why = _unsupported(module)

@@ -1,0 +1,108 @@
+/* The attention statistics of tracing/attention_stats.py, fused: for a causal
+   forward with no padding (sdpa's plain case), one query row at a time, its
+   scores in a buffer of T floats that stays in cache. Per head and row t over
+   the keys s <= t, with A_ts = exp(S_ts - max) / Z:
+
+     span[t] = sum_s A_ts (t - s)      waad[t] = sum_s A_ts min(t - s, W)
+     ent[t]  = log Z - sum_s A_ts (S_ts - max)      (every term <= 0: no cancellation)
+
+   and, for rows in R, A_ts added into fai[horizon][s] for s in [t - hi, t - lo]
+   (hi < 0: from 0); for rows in a group, each key group's row mass added into
+   mass[g_query][g_key]. One call does the (batch, head) pairs [bh0, bh1): the
+   caller runs calls for disjoint ranges on its threads (each writes only its
+   own heads' outputs: no races, and no OpenMP runtime beside torch's). Sums
+   are float32, like the torch path's.
+
+   Built by tracing/stats_kernel.py with -fopenmp-simd (the simd pragmas only)
+   and without -ffast-math, which would link crtfastmath and set flush-to-zero
+   for the whole process; the exponential is vectorised through glibc's
+   libmvec by declaring its SIMD variant here. */
+#include <math.h>
+#include <stdlib.h>
+
+#pragma omp declare simd notinbranch
+extern float expf(float);
+
+/* The scores of one query row over keys 0..n-1 into sc, and their maximum:
+   one pass over the row per coordinate, vectorised over the keys. */
+static float scores(const float *qt, const float *K, int T, int D, int n, float *sc)
+{
+    const float q0 = qt[0];
+    #pragma omp simd
+    for (int s = 0; s < n; s++) sc[s] = q0 * K[s];
+    for (int c = 1; c < D; c++) {
+        const float qc = qt[c];
+        const float *Kc = K + (size_t)c * T;
+        #pragma omp simd
+        for (int s = 0; s < n; s++) sc[s] += qc * Kc[s];
+    }
+    float m = sc[0];
+    #pragma omp simd reduction(max:m)
+    for (int s = 1; s < n; s++) m = sc[s] > m ? sc[s] : m;
+    return m;
+}
+
+int row_stats(const float *q, const float *kt, int B, int H, int Hkv, int T, int D, int W,
+              const unsigned char *rows, int nh, const int *h_lo, const int *h_hi,
+              int G, const int *g0, const int *g1, int bh0, int bh1,
+              float *span, float *waad, float *ent, float *fai, float *mass)
+{
+    const int groups = H / Hkv;
+    const size_t BHT = (size_t)B * H * T;
+    float *sc = (float *)malloc(sizeof(float) * (size_t)T);
+    float *gsum = (float *)malloc(sizeof(float) * (size_t)(G > 0 ? G : 1));
+    if (!sc || !gsum) { free(sc); free(gsum); return -1; }
+    for (int bh = bh0; bh < bh1; bh++) {
+        const int b = bh / H, h = bh % H;
+        const float *K = kt + ((size_t)b * Hkv + h / groups) * (size_t)D * T;  /* [D, T] */
+        float *M = mass + (size_t)bh * G * G;
+        for (int t = 0; t < T; t++) {
+            const float *qt = q + ((size_t)bh * T + t) * D;
+            const int n = t + 1;
+            const float m = scores(qt, K, T, D, n, sc);
+            float Z = 0.f, ES = 0.f, SP = 0.f;
+            #pragma omp simd reduction(+:Z, ES, SP)
+            for (int s = 0; s < n; s++) {
+                const float d = sc[s] - m;
+                const float e = expf(d);
+                sc[s] = e;
+                Z += e;
+                ES += e * d;
+                SP += e * (float)(t - s);
+            }
+            float near = 0.f;  /* sum_{o < W} (W - o) e[t - o]: WAAD = W Z - near, over Z */
+            for (int o = 0; o < W && o <= t; o++) near += (float)(W - o) * sc[t - o];
+            const float inv = 1.f / Z;
+            const size_t at = (size_t)bh * T + t;
+            ent[at] = logf(Z) - ES * inv;
+            span[at] = SP * inv;
+            waad[at] = ((float)W * Z - near) * inv;
+            if (rows[t]) {
+                for (int x = 0; x < nh; x++) {
+                    const int lo = h_lo[x], hi = h_hi[x];
+                    const int a = (hi < 0 || t - hi < 0) ? 0 : t - hi;
+                    float *F = fai + (size_t)x * BHT + (size_t)bh * T;
+                    #pragma omp simd
+                    for (int s = a; s <= t - lo; s++) F[s] += sc[s] * inv;
+                }
+            }
+            int in_any = 0;
+            for (int g = 0; g < G; g++) if (g0[g] <= t && t < g1[g]) { in_any = 1; break; }
+            if (in_any) {
+                for (int g = 0; g < G; g++) {
+                    float acc = 0.f;
+                    const int z = g1[g] < n ? g1[g] : n;
+                    #pragma omp simd reduction(+:acc)
+                    for (int s = g0[g]; s < z; s++) acc += sc[s];
+                    gsum[g] = acc * inv;
+                }
+                for (int g = 0; g < G; g++)
+                    if (g0[g] <= t && t < g1[g])
+                        for (int x = 0; x < G; x++) M[(size_t)g * G + x] += gsum[x];
+            }
+        }
+    }
+    free(sc);
+    free(gsum);
+    return 0;
+}
