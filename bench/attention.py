@@ -12,7 +12,11 @@ Three ways to one forward over T tokens, in one process, on
                 tool needs before any WAAD / FAI can be computed;
   streamed      sdpa forward with ``tracing.attention_stats`` computing every
                 statistic (span term, WAAD, entropy, FAI over the second half
-                of the sequence to the end, frame and span masses).
+                of the sequence to the end, frame and span masses), on its
+                default path: the fused C kernel (``tracing/stats_kernel.py``);
+  torch path    the same with ``kernel="torch"``: the chunked torch
+                computation that runs where the kernel does not apply (masks,
+                GPUs, no C compiler).
 
 Each method runs in a fresh process (an allocator keeps what it freed, so a
 second method in the same process would show no growth). Time is the
@@ -98,14 +102,16 @@ def one(name: str, T: int, method: str, repeats: int) -> dict:
         finally:
             _set_impl(lm, "sdpa")
 
-    def streamed():
-        with torch.no_grad(), attention_stats(lm, spec) as st:
+    def streamed(kernel="auto"):
+        with torch.no_grad(), attention_stats(lm, spec, kernel=kernel) as st:
             lm.model(**inputs)
         st.numpy()
+        assert kernel == "torch" or set(st.path.values()) == {"c"}, st.path  # the bench measures the kernel
 
     with torch.no_grad():  # warm-up: lazy initialisation is in no timing
         lm.model(**build_warm(lm, name))
-    secs, mib = measure({"sdpa": sdpa, "materialised": materialised, "streamed": streamed}[method], repeats)
+    secs, mib = measure({"sdpa": sdpa, "materialised": materialised, "streamed": streamed,
+                         "torch": lambda: streamed("torch")}[method], repeats)
     return {"tokens": n, "seconds": secs, "mib": mib, "layers": lm.n_layers,
             "heads": lm.text_config.num_attention_heads}
 
@@ -116,12 +122,12 @@ def build_warm(lm, name):
 
 def run_model(name: str, tokens: list[int], repeats: int, threads: int) -> dict[int, dict]:
     print(f"\n{name}")
-    print(f"{'tokens':>7} {'sdpa s':>8} {'mat. s':>8} {'str. s':>8} {'sdpa MiB':>9} {'mat. MiB':>9} {'str. MiB':>9}"
-          f" {'mem str/mat':>11} {'time str/sdpa':>13}")
+    print(f"{'tokens':>7} {'sdpa s':>8} {'mat. s':>8} {'str. s':>8} {'torch s':>8} {'sdpa MiB':>9} {'mat. MiB':>9}"
+          f" {'str. MiB':>9} {'mem str/mat':>11} {'time str/sdpa':>13} {'torch/sdpa':>10}")
     res = {}
     for T in tokens:
         r = {}
-        for method in ("sdpa", "streamed", "materialised"):
+        for method in ("sdpa", "streamed", "torch", "materialised"):
             if method == "materialised":
                 L, H, n = r["sdpa"]["layers"], r["sdpa"]["heads"], r["sdpa"]["tokens"]
                 maps_gib = L * H * n * n * 4 / 2**30
@@ -139,8 +145,9 @@ def run_model(name: str, tokens: list[int], repeats: int, threads: int) -> dict[
         r["time_ratio"] = st["seconds"] / sd["seconds"]
         nan = float("nan")
         print(f"{sd['tokens']:>7} {sd['seconds']:>8.3f} {mat['seconds'] if mat else nan:>8.3f} {st['seconds']:>8.3f} "
-              f"{sd['mib']:>9.0f} {mat['mib'] if mat else nan:>9.0f} {st['mib']:>9.0f} "
-              f"{r['mem_ratio']:>11.3f} {r['time_ratio']:>13.2f}" + r.get("skipped", ""))
+              f"{r['torch']['seconds']:>8.3f} {sd['mib']:>9.0f} {mat['mib'] if mat else nan:>9.0f} {st['mib']:>9.0f} "
+              f"{r['mem_ratio']:>11.3f} {r['time_ratio']:>13.2f} {r['torch']['seconds'] / sd['seconds']:>10.2f}"
+              + r.get("skipped", ""))
         res[T] = r
     if len(tokens) > 1:
         a, b = res[tokens[0]], res[tokens[-1]]
