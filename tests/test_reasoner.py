@@ -171,6 +171,21 @@ def test_micro_batches_cut_where_padding_is_least():
         assert padded(even) >= best
 
 
+def test_card_retrain_commands_name_what_differs_from_the_defaults():
+    """The card's commands, written by hand: the committed recipe is the
+    command line's defaults; an older log without the newer keys (stable,
+    cut, compile) gets the flags that restore what train() did then."""
+    from organism.reasoner.evaluate import COMMITTED, _command
+
+    now = dict(steps=8000, seed=1, batch_tokens=1280, lr=2e-3, warmup=100, micro=3, stable=0.4, cut="least-padding",
+               compile=True, threads=2)
+    assert _command(now, None, COMMITTED) == "python -m organism.reasoner.train --replace-checkpoint"
+    old = dict(steps=3000, seed=11, batch_tokens=1280, lr=1e-3, warmup=100, micro=2, threads=1)
+    assert _command(old, "reasoner-runs/phase1", "reasoner-runs/phase2") == (
+        "python -m organism.reasoner.train --steps 3000 --seed 11 --lr 0.001 --stable 0 --micro 2 --cut even "
+        "--threads 1 --no-compile --init reasoner-runs/phase1 --out reasoner-runs/phase2")
+
+
 def test_learning_rate_schedule_by_hand():
     import math
 
