@@ -274,3 +274,25 @@ def test_without_a_compiler_the_torch_path_runs(monkeypatch, tmp_path):
         model("reasoner").model(**inputs)
     with pytest.raises(ValueError, match="unknown kernel"), attention_stats(lm, StatsSpec(), kernel="cuda"):
         pass
+
+
+@pytest.mark.parametrize("d, kv_heads", [(6, 3), (8, 1)])
+def test_fused_kernel_on_any_head_size(d, kv_heads):
+    """Head sizes off the four-coordinate passes (6) and on them (8), with
+    grouped-query heads: the kernel's numbers against the torch path's on
+    random queries and keys, no model."""
+    from tracing.attention_stats import AttentionStats
+
+    g = torch.Generator().manual_seed(d)
+    T, H = 90, 6 if kv_heads == 3 else 4
+    q, k = torch.randn(2, H, T, d, generator=g) * 2, torch.randn(2, kv_heads, T, d, generator=g)
+    spec = StatsSpec(rows=[t % 3 > 0 for t in range(T)], horizons=SPEC_HORIZONS, frames=[(5, 30), (30, 55)],
+                     spans={"a": (0, 5), "b": (55, T)})
+    got = {}
+    for kernel in ("c", "torch"):
+        st = AttentionStats(spec, [0], kernel)
+        st._record(0, None, q, k, None, d ** -0.5)
+        assert st.path == {0: kernel}
+        got[kernel] = st.numpy(batch=None)
+    for name, a in got["torch"].items():
+        np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL, err_msg=name)
