@@ -54,11 +54,11 @@ or no C compiler) the chunked torch path above runs. ``attention_stats(...,
 kernel=)`` picks one; both are checked against eager maps.
 
 Cost (``bench/attention.py``, 2026-12-01, 2 threads): memory linear in T
-(0.02-0.05x the materialised maps at 4k tokens) on both paths. Time against
-an sdpa forward at 4k: the fused kernel 1.95x (reasoner) and 2.12x
-(tiny-llava-next), about what sdpa's own attention costs per layer; the
-torch path, which computes the scores and softmax again beside sdpa's fused
-kernel and reads them back some ten times, 2.3x and 3.9x.
+(0.015-0.06x the materialised maps at 4k tokens) on both paths. Time against
+an sdpa forward at 4k: the fused kernel 1.57x (reasoner) and 2.04x
+(tiny-llava-next), about what a whole decoder layer of these toy models
+costs; the torch path, which computes the scores and softmax again beside
+sdpa's fused kernel and reads them back some ten times, 2.1x and 3.3x.
 
 A query row with no key to read (left padding of a batch) is no part of
 any sequence: its own statistics are NaN and it adds nothing to FAI or the
