@@ -4,6 +4,8 @@ The reference takes the maps the model itself returns (``output_attentions``
 under eager) and applies the formulas of PAPERS.md section 4 in float64
 numpy, entry by entry; nothing of the streamed code is reused.
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -296,3 +298,26 @@ def test_fused_kernel_on_any_head_size(d, kv_heads):
         got[kernel] = st.numpy(batch=None)
     for name, a in got["torch"].items():
         np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL, err_msg=name)
+
+
+def test_a_kernel_that_does_not_load_leaves_the_torch_path(monkeypatch, tmp_path):
+    """A build that succeeds but whose library cannot be loaded (as one built
+    against a missing libmvec would fail): 'auto' says why and the statistics
+    still come, from the torch path."""
+    import subprocess
+
+    from tracing import stats_kernel
+
+    def compiler(cmd, **kw):  # stands in for cc: writes a file that is no shared library where -o says
+        Path(cmd[cmd.index("-o") + 1]).write_text("not a shared library")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(stats_kernel, "_state", {})
+    monkeypatch.setenv("CHRONOLENS_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(stats_kernel, "_compiler", lambda: "cc")
+    monkeypatch.setattr(stats_kernel.subprocess, "run", compiler)
+    lm = model("reasoner", "sdpa")
+    inputs, _ = text_prompt(lm)
+    with pytest.warns(UserWarning, match="does not load"), torch.no_grad(), attention_stats(lm, StatsSpec()) as st:
+        lm.model(**inputs)
+    assert set(st.path.values()) == {"torch"}

@@ -94,7 +94,11 @@ def library() -> ctypes.CDLL | None:
             _state["why"] = f"{cc} failed on {SOURCE.name}: {done.stderr.strip()[-500:]}"
             return None
         os.replace(tmp, so)
-    lib = ctypes.CDLL(str(so))
+    try:  # e.g. no libmvec (not glibc): the vectorised expf it was built against is missing
+        lib = ctypes.CDLL(str(so))
+    except OSError as e:
+        _state["why"] = f"{so} does not load: {e}"
+        return None
     P, I = ctypes.c_void_p, ctypes.c_int
     lib.row_stats.restype = I
     lib.row_stats.argtypes = [P, P, I, I, I, I, I, I, P, I, P, P, I, P, P, I, I, P, P, P, P, P]
