@@ -39,6 +39,10 @@ import torch
 SOURCE = Path(__file__).with_name("stats_kernel.c")
 # no -ffast-math: it would link crtfastmath, which sets flush-to-zero for the whole process
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
+if platform.machine().lower() in ("x86_64", "amd64"):
+    # gcc's tuning keeps AVX-512 CPUs to 256-bit vectors; the full width was 10-20% faster here
+    # (bench.attention; without AVX-512 the flag changes nothing). x86 only: other compilers' targets reject it.
+    FLAGS += ("-mprefer-vector-width=512",)
 
 _state: dict = {}  # "lib": the loaded library, or "why": why there is none
 
