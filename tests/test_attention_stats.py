@@ -300,6 +300,40 @@ def test_fused_kernel_on_any_head_size(d, kv_heads):
         np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL, err_msg=name)
 
 
+@pytest.mark.parametrize("avx512", [True, False])
+def test_both_exponentials_of_the_kernel(avx512, monkeypatch, tmp_path):
+    """The kernel's two exponentials (exp16 under AVX-512, libmvec's expf
+    elsewhere, built here with -mno-avx512f) against the torch path, on rows
+    from flat to so peaked that most exponentials underflow to zero."""
+    import platform
+
+    from tracing import stats_kernel
+    from tracing.attention_stats import AttentionStats
+
+    if not avx512:
+        if platform.machine().lower() not in ("x86_64", "amd64") or not stats_kernel._compiler():
+            pytest.skip("-mno-avx512f is an x86 compiler flag")
+        monkeypatch.setattr(stats_kernel, "FLAGS", stats_kernel.FLAGS + ("-mno-avx512f",))
+        monkeypatch.setattr(stats_kernel, "_state", {})
+        monkeypatch.setenv("CHRONOLENS_KERNEL_CACHE", str(tmp_path))
+    g = torch.Generator().manual_seed(3)
+    T, H, d = 70, 4, 16  # 70 keys: four full vectors of 16 and a tail of 6
+    spec = StatsSpec(rows=[t % 2 == 0 for t in range(T)], horizons=SPEC_HORIZONS, frames=[(3, 20), (20, 37)])
+    for scale in (0.01, 1.0, 30.0):  # scores' spread ~0.04, ~4, ~120
+        q, k = torch.randn(1, H, T, d, generator=g) * scale, torch.randn(1, 2, T, d, generator=g)
+        got = {}
+        for kernel in ("c", "torch"):
+            st = AttentionStats(spec, [0], kernel)
+            st._record(0, None, q, k, None, d ** -0.5)
+            assert st.path == {0: kernel}
+            got[kernel] = st.numpy(batch=None)
+        if not avx512:
+            assert str(tmp_path) in str(stats_kernel.library()._name)  # the -mno-avx512f build ran
+        for name, a in got["torch"].items():
+            np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL,
+                                       err_msg=f"{name} at scale {scale}")
+
+
 def test_a_kernel_that_does_not_load_leaves_the_torch_path(monkeypatch, tmp_path):
     """A build that succeeds but whose library cannot be loaded (as one built
     against a missing libmvec would fail): 'auto' says why and the statistics
