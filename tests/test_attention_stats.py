@@ -278,11 +278,11 @@ def test_without_a_compiler_the_torch_path_runs(monkeypatch, tmp_path):
         pass
 
 
-@pytest.mark.parametrize("d, kv_heads", [(6, 3), (8, 1)])
+@pytest.mark.parametrize("d, kv_heads", [(6, 3), (8, 1), (24, 2)])
 def test_fused_kernel_on_any_head_size(d, kv_heads):
-    """Head sizes off the four-coordinate passes (6) and on them (8), with
-    grouped-query heads: the kernel's numbers against the torch path's on
-    random queries and keys, no model."""
+    """Head sizes off the eight-coordinate passes (6) and on them (8: one
+    pass; 24: three), with grouped-query heads: the kernel's numbers against
+    the torch path's on random queries and keys, no model."""
     from tracing.attention_stats import AttentionStats
 
     g = torch.Generator().manual_seed(d)
