@@ -161,7 +161,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", default="1024,4096,16384",
                     help="sequence lengths to measure, comma-separated (default: %(default)s)")
-    ap.add_argument("--repeats", type=int, default=3, help="forwards per method; the fastest counts (default: 3)")
+    ap.add_argument("--repeats", type=int, default=5, help="forwards per method; the fastest counts (default: 5)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     ap.add_argument("--models", default="reasoner,tiny-llava-next",
                     help="which of reasoner, tiny-llava-next to measure (default: %(default)s)")

@@ -300,6 +300,26 @@ def test_fused_kernel_on_any_head_size(d, kv_heads):
         np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL, err_msg=name)
 
 
+def test_fused_kernel_on_short_sequences():
+    """The kernel takes query rows four at a time: sequences of 1 to 9 tokens
+    (no block, one block and a tail, two blocks and a tail) against the torch
+    path, on random queries and keys."""
+    from tracing.attention_stats import AttentionStats
+
+    g = torch.Generator().manual_seed(11)
+    for T in range(1, 10):
+        q, k = torch.randn(1, 4, T, 8, generator=g) * 2, torch.randn(1, 2, T, 8, generator=g)
+        spec = StatsSpec(rows=[True] * T, horizons=SPEC_HORIZONS, spans={"a": (0, (T + 1) // 2), "b": (T // 2, T)})
+        got = {}
+        for kernel in ("c", "torch"):
+            st = AttentionStats(spec, [0], kernel)
+            st._record(0, None, q, k, None, 8 ** -0.5)
+            got[kernel] = st.numpy(batch=None)
+        for name, a in got["torch"].items():
+            np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL,
+                                       err_msg=f"{name} at {T} tokens")
+
+
 @pytest.mark.parametrize("avx512", [True, False])
 def test_both_exponentials_of_the_kernel(avx512, monkeypatch, tmp_path):
     """The kernel's two exponentials (exp16 under AVX-512, libmvec's expf
