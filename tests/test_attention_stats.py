@@ -320,6 +320,50 @@ def test_fused_kernel_on_short_sequences():
                                        err_msg=f"{name} at {T} tokens")
 
 
+def _kernel_sums(seed: int) -> dict:
+    from tracing import stats_kernel
+
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, 4, 40, 8, generator=g), torch.randn(2, 2, 40, 8, generator=g)
+    return stats_kernel.row_stats(q, k, 8 ** -0.5, 10, torch.ones(40, dtype=torch.bool), [(0, None)], [(0, 20)])
+
+
+def _in_forked_child(conn):
+    torch.set_num_threads(2)  # torch starts a forked child on one thread
+    conn.send({n: a.numpy() for n, a in _kernel_sums(5).items()})
+
+
+def test_kernel_threads_split_the_heads_and_survive_a_fork():
+    """Two threads split the (batch, head) pairs over a kept pool: the same
+    numbers as one thread; a child forked after the pool started computes the
+    same again (a pool copied into a child has no threads and would hang)."""
+    import multiprocessing
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _kernel_sums(5)
+        torch.set_num_threads(2)
+        two = _kernel_sums(5)
+        for n in one:
+            assert torch.equal(one[n], two[n]), n  # each head computed alike whichever thread runs it
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_in_forked_child, args=(child,))
+        p.start()
+        try:
+            assert parent.poll(60), "the forked child's kernel call did not finish"
+            got = parent.recv()
+        finally:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        for n in one:
+            np.testing.assert_array_equal(got[n], one[n].numpy(), err_msg=n)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("avx512", [True, False])
 def test_both_exponentials_of_the_kernel(avx512, monkeypatch, tmp_path):
     """The kernel's two exponentials (exp16 under AVX-512, libmvec's expf

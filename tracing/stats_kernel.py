@@ -4,16 +4,19 @@ The chunked torch path computes the statistics exactly but writes each
 chunk's scores to memory and reads them back some ten times (the softmax,
 the entropy's dot product, the span and WAAD sums, the FAI and mass
 products): about 5x the time of sdpa's fused attention at 4k tokens on CPU.
-The kernel does one query row at a time with the row's scores in cache and
-every statistic reduced in the pass that computes its exponentials: about
-as long as sdpa's own attention (35-45 ms a layer at 4k tokens on
-tiny-llava-next, 2 threads; ``bench/attention.py`` has the whole forwards).
+The kernel takes four query rows at a time (each key loaded once for the
+four), keeps each row's scores in cache and reduces every statistic in the
+pass that computes its exponentials: about 20 ms a layer at 4k tokens on
+tiny-llava-next with 2 threads, near sdpa's own fused attention of that layer
+(~17 ms), which also computes every score and its exponential
+(``bench/attention.py`` has the whole forwards).
 
 It is built on first use by the system's C compiler (``$CC``, else ``cc`` or
 ``gcc``) into ``$CHRONOLENS_KERNEL_CACHE`` (default
 ``~/.cache/chronolens/kernels``), one file per source, flags and CPU, and
 loaded with ctypes; the call releases the GIL, and the (batch, head) pairs
-are split over ``torch.get_num_threads()`` Python threads. Where no compiler
+are split over ``torch.get_num_threads()`` threads of a pool kept for the
+process. Where no compiler
 is found, the build fails, the cache cannot be written or the library does
 not load, ``library()`` returns None, says why once, and the torch path runs
 instead (the same numbers to float32 rounding).
@@ -30,6 +33,7 @@ import os
 import platform
 import shutil
 import subprocess
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +49,29 @@ if platform.machine().lower() in ("x86_64", "amd64"):
     FLAGS += ("-mprefer-vector-width=512",)
 
 _state: dict = {}  # "lib": the loaded library, or "why": why there is none
+_pools: dict[int, ThreadPoolExecutor] = {}  # workers -> a pool kept for the process's later calls
+_pools_lock = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """In a forked child: the parent's pool threads do not exist there, and a
+    pool that believes it has them would never run the work."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of ``workers`` kept between calls: starting and joining
+    threads for every layer cost ~1 ms a call, as much as the kernel itself
+    on a short sequence."""
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="chronolens-stats")
+        return _pools[workers]
 
 
 def cache_dir() -> Path:
@@ -127,7 +154,7 @@ def warn_unavailable() -> None:
     if not _state.get("warned"):
         _state["warned"] = True
         warnings.warn(f"attention statistics: the fused C kernel is unavailable ({why()}); the chunked torch path "
-                      f"runs instead (the same statistics, about 4x slower)", stacklevel=3)
+                      f"runs instead (the same statistics; forwards 2-4x slower)", stacklevel=3)
 
 
 def row_stats(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int, rows: torch.Tensor,
@@ -164,8 +191,7 @@ def row_stats(query: torch.Tensor, key: torch.Tensor, scaling: float, window: in
     if workers == 1:
         codes = [run(0, n)]
     else:
-        with ThreadPoolExecutor(workers) as ex:
-            codes = list(ex.map(run, cuts[:-1], cuts[1:]))
+        codes = list(_pool(workers).map(run, cuts[:-1], cuts[1:]))
     if any(codes):
         raise MemoryError(f"the attention-statistics kernel could not allocate a row buffer of {T} floats")
     return {**out, "fai_sum": fai[: len(horizons)], "mass": mass}
