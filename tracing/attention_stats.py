@@ -47,18 +47,18 @@ the band at the horizon's edges. Chunks take as many rows as keep them near
 
 Two computations of the same sums. Where the forward has no attention mask
 (sdpa's plain causal case: one sequence or an unpadded batch) on CPU, a fused
-C kernel (``tracing/stats_kernel.py``, built on first use) takes one query row
-at a time with its scores in cache and reduces every statistic in the pass
-that computes its exponentials. Elsewhere (eager's mask, left padding, a GPU,
-or no C compiler) the chunked torch path above runs. ``attention_stats(...,
+C kernel (``tracing/stats_kernel.py``, built on first use) takes four query
+rows at a time with their scores in cache and reduces every statistic in the
+pass that computes its exponentials. Elsewhere (eager's mask, left padding, a
+GPU, or no C compiler) the chunked torch path above runs. ``attention_stats(...,
 kernel=)`` picks one; both are checked against eager maps.
 
 Cost (``bench/attention.py``, 2026-12-01, 2 threads): memory linear in T
-(0.015-0.06x the materialised maps at 4k tokens) on both paths. Time against
-an sdpa forward at 4k: the fused kernel 1.57x (reasoner) and 2.04x
-(tiny-llava-next), about what a whole decoder layer of these toy models
-costs; the torch path, which computes the scores and softmax again beside
-sdpa's fused kernel and reads them back some ten times, 2.1x and 3.3x.
+(0.013-0.07x the materialised maps at 4k tokens) on both paths. Time against
+an sdpa forward at 4k: the fused kernel 1.5-1.6x (reasoner) and 1.5-1.9x
+(tiny-llava-next), at 1k and 16k 1.4-1.9x; the torch path, which computes
+the scores and softmax again beside sdpa's fused kernel and reads them back
+some ten times, 3.1-3.3x and 3.6-4.6x.
 
 A query row with no key to read (left padding of a batch) is no part of
 any sequence: its own statistics are NaN and it adds nothing to FAI or the

@@ -6,7 +6,7 @@ the entropy's dot product, the span and WAAD sums, the FAI and mass
 products): about 5x the time of sdpa's fused attention at 4k tokens on CPU.
 The kernel takes four query rows at a time (each key loaded once for the
 four), keeps each row's scores in cache and reduces every statistic in the
-pass that computes its exponentials: about 20 ms a layer at 4k tokens on
+pass that computes its exponentials: 15-20 ms a layer at 4k tokens on
 tiny-llava-next with 2 threads, near sdpa's own fused attention of that layer
 (~17 ms), which also computes every score and its exponential
 (``bench/attention.py`` has the whole forwards).
