@@ -278,46 +278,44 @@ def test_without_a_compiler_the_torch_path_runs(monkeypatch, tmp_path):
         pass
 
 
+def kernel_equals_torch_path(spec, q, k, scaling, where=""):
+    """One layer's statistics of random queries and keys on the kernel and on
+    the torch path, no model: equal to TOL."""
+    from tracing.attention_stats import AttentionStats
+
+    got = {}
+    for kernel in ("c", "torch"):
+        st = AttentionStats(spec, [0], kernel)
+        st._record(0, None, q, k, None, scaling)
+        assert st.path == {0: kernel}
+        got[kernel] = st.numpy(batch=None)
+    for name, a in got["torch"].items():
+        np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL,
+                                   err_msg=f"{name}{where}")
+
+
 @pytest.mark.parametrize("d, kv_heads", [(6, 3), (8, 1), (24, 2)])
 def test_fused_kernel_on_any_head_size(d, kv_heads):
     """Head sizes off the eight-coordinate passes (6) and on them (8: one
     pass; 24: three), with grouped-query heads: the kernel's numbers against
     the torch path's on random queries and keys, no model."""
-    from tracing.attention_stats import AttentionStats
-
     g = torch.Generator().manual_seed(d)
     T, H = 90, 6 if kv_heads == 3 else 4
     q, k = torch.randn(2, H, T, d, generator=g) * 2, torch.randn(2, kv_heads, T, d, generator=g)
     spec = StatsSpec(rows=[t % 3 > 0 for t in range(T)], horizons=SPEC_HORIZONS, frames=[(5, 30), (30, 55)],
                      spans={"a": (0, 5), "b": (55, T)})
-    got = {}
-    for kernel in ("c", "torch"):
-        st = AttentionStats(spec, [0], kernel)
-        st._record(0, None, q, k, None, d ** -0.5)
-        assert st.path == {0: kernel}
-        got[kernel] = st.numpy(batch=None)
-    for name, a in got["torch"].items():
-        np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL, err_msg=name)
+    kernel_equals_torch_path(spec, q, k, d ** -0.5)
 
 
 def test_fused_kernel_on_short_sequences():
     """The kernel takes query rows four at a time: sequences of 1 to 9 tokens
     (no block, one block and a tail, two blocks and a tail) against the torch
     path, on random queries and keys."""
-    from tracing.attention_stats import AttentionStats
-
     g = torch.Generator().manual_seed(11)
     for T in range(1, 10):
         q, k = torch.randn(1, 4, T, 8, generator=g) * 2, torch.randn(1, 2, T, 8, generator=g)
         spec = StatsSpec(rows=[True] * T, horizons=SPEC_HORIZONS, spans={"a": (0, (T + 1) // 2), "b": (T // 2, T)})
-        got = {}
-        for kernel in ("c", "torch"):
-            st = AttentionStats(spec, [0], kernel)
-            st._record(0, None, q, k, None, 8 ** -0.5)
-            got[kernel] = st.numpy(batch=None)
-        for name, a in got["torch"].items():
-            np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL,
-                                       err_msg=f"{name} at {T} tokens")
+        kernel_equals_torch_path(spec, q, k, 8 ** -0.5, f" at {T} tokens")
 
 
 def _kernel_sums(seed: int) -> dict:
@@ -372,7 +370,6 @@ def test_both_exponentials_of_the_kernel(avx512, monkeypatch, tmp_path):
     import platform
 
     from tracing import stats_kernel
-    from tracing.attention_stats import AttentionStats
 
     if not avx512:
         if platform.machine().lower() not in ("x86_64", "amd64") or not stats_kernel._compiler():
@@ -385,17 +382,9 @@ def test_both_exponentials_of_the_kernel(avx512, monkeypatch, tmp_path):
     spec = StatsSpec(rows=[t % 2 == 0 for t in range(T)], horizons=SPEC_HORIZONS, frames=[(3, 20), (20, 37)])
     for scale in (0.01, 1.0, 30.0):  # scores' spread ~0.04, ~4, ~120
         q, k = torch.randn(1, H, T, d, generator=g) * scale, torch.randn(1, 2, T, d, generator=g)
-        got = {}
-        for kernel in ("c", "torch"):
-            st = AttentionStats(spec, [0], kernel)
-            st._record(0, None, q, k, None, d ** -0.5)
-            assert st.path == {0: kernel}
-            got[kernel] = st.numpy(batch=None)
+        kernel_equals_torch_path(spec, q, k, d ** -0.5, f" at scale {scale}")
         if not avx512:
             assert str(tmp_path) in str(stats_kernel.library()._name)  # the -mno-avx512f build ran
-        for name, a in got["torch"].items():
-            np.testing.assert_allclose(np.nan_to_num(got["c"][name]), np.nan_to_num(a), rtol=TOL, atol=TOL,
-                                       err_msg=f"{name} at scale {scale}")
 
 
 def test_a_kernel_that_does_not_load_leaves_the_torch_path(monkeypatch, tmp_path):

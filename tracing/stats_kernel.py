@@ -193,5 +193,5 @@ def row_stats(query: torch.Tensor, key: torch.Tensor, scaling: float, window: in
     else:
         codes = list(_pool(workers).map(run, cuts[:-1], cuts[1:]))
     if any(codes):
-        raise MemoryError(f"the attention-statistics kernel could not allocate a row buffer of {T} floats")
+        raise MemoryError(f"the attention-statistics kernel could not allocate its row buffers (4 x {T} floats)")
     return {**out, "fai_sum": fai[: len(horizons)], "mass": mass}
