@@ -176,11 +176,21 @@ static void exp_pass(float *sc, float m, int t, float *Z, float *ES, float *SP)
     *SP = _mm512_reduce_add_ps(sp);
 }
 #else
+/* The row maximum in 64 lanes, which the vectoriser turns into independent
+   chains (as the AVX-512 version's four; one chain was 9% slower overall). */
 static float maxof(const float *sc, int n)
 {
+    float lane[64];
+    for (int j = 0; j < 64; j++) lane[j] = sc[0];
+    int s = 0;
+    for (; s + 64 <= n; s += 64) {
+        #pragma omp simd
+        for (int j = 0; j < 64; j++) lane[j] = sc[s + j] > lane[j] ? sc[s + j] : lane[j];
+    }
     float m = sc[0];
+    for (; s < n; s++) m = sc[s] > m ? sc[s] : m;
     #pragma omp simd reduction(max:m)
-    for (int s = 1; s < n; s++) m = sc[s] > m ? sc[s] : m;
+    for (int j = 0; j < 64; j++) m = lane[j] > m ? lane[j] : m;
     return m;
 }
 
