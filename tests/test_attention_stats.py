@@ -294,13 +294,15 @@ def kernel_equals_torch_path(spec, q, k, scaling, where=""):
                                    err_msg=f"{name}{where}")
 
 
-@pytest.mark.parametrize("d, kv_heads", [(6, 3), (8, 1), (24, 2)])
-def test_fused_kernel_on_any_head_size(d, kv_heads):
+@pytest.mark.parametrize("d, heads, kv_heads", [(6, 6, 3), (8, 4, 1), (24, 4, 2), (128, 7, 1)])
+def test_fused_kernel_on_any_head_size(d, heads, kv_heads):
     """Head sizes off the eight-coordinate passes (6) and on them (8: one
-    pass; 24: three), with grouped-query heads: the kernel's numbers against
-    the torch path's on random queries and keys, no model."""
+    pass; 24: three; 128, the published 7B models', sixteen), with
+    grouped-query heads (seven per key head as in Qwen2-VL-7B's 28 over 4):
+    the kernel's numbers against the torch path's on random queries and keys,
+    no model."""
     g = torch.Generator().manual_seed(d)
-    T, H = 90, 6 if kv_heads == 3 else 4
+    T, H = 90, heads
     q, k = torch.randn(2, H, T, d, generator=g) * 2, torch.randn(2, kv_heads, T, d, generator=g)
     spec = StatsSpec(rows=[t % 3 > 0 for t in range(T)], horizons=SPEC_HORIZONS, frames=[(5, 30), (30, 55)],
                      spans={"a": (0, 5), "b": (55, T)})
