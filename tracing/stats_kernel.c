@@ -21,6 +21,9 @@
    declared here. */
 #include <math.h>
 #include <stdlib.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #pragma omp declare simd notinbranch
 extern float expf(float);
@@ -98,10 +101,10 @@ static void scores4(const float *q0, int D, const float *K, int T, int n, float 
     }
 }
 
-/* The row's exponentials: sc[s] <- e_s = exp(sc[s] - m) for s <= t, and their sums
+/* Two functions per instruction set: maxof, a row's maximum, and exp_pass, the
+   row's exponentials sc[s] <- e_s = exp(sc[s] - m) for s <= t and their sums
    Z = sum e_s, ES = sum e_s (S_ts - m), SP = sum e_s (t - s). */
 #ifdef __AVX512F__
-#include <immintrin.h>
 /* exp as Cephes' expf: n = round(x / ln 2), r = x - n ln 2 (in two parts), a degree-6
    polynomial in r, times 2^n by scalef (0 below the float range, no flush to zero).
    Within 1.2e-7 relative of exp over [-104, 0] (checked against double exp); the whole
@@ -260,7 +263,7 @@ int row_stats(const float *q, const float *kt, int B, int H, int Hkv, int T, int
               float *span, float *waad, float *ent, float *fai, float *mass)
 {
     const int groups = H / Hkv;
-    const size_t BHT = (size_t)B * H * T, ld = (size_t)T + 64;  /* four row buffers, not 16 KiB apart */
+    const size_t BHT = (size_t)B * H * T, ld = (size_t)T + 64;  /* four row buffers, ld apart */
     float *sc = (float *)malloc(sizeof(float) * 4 * ld);
     float *gsum = (float *)malloc(sizeof(float) * (size_t)(G > 0 ? G : 1));
     if (!sc || !gsum) { free(sc); free(gsum); return -1; }
