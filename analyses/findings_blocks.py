@@ -487,7 +487,7 @@ def rhythm_block(paths: dict) -> str:
              f"chance ({_p(b.observed)} vs {_p(b.baseline)}).")
     if pt:
         way = "goes the paper's way" if pt["high_more"] > pt["low_more"] else "runs the other way from the paper's"
-        pv = pt.get("p_value", float("nan"))
+        pv = pt["p_value"]
         r.append(f"The perturbation test {way}: changing the highest-FAI token alters the rest of the rollout more "
                  f"than changing the lowest-FAI token in {_p(pt['high_more'])} of trials, less in "
                  f"{_p(pt['low_more'])} (sign test over the trials that differ: p = {pv:.3f}"

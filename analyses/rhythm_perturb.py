@@ -82,6 +82,6 @@ def summary(trials: np.ndarray) -> dict:
                 "high_change": float("nan"), "low_change": float("nan"), "p_value": float("nan")}
     h, lo = t[:, 2], t[:, 3]
     more, less = int((h > lo).sum()), int((h < lo).sum())
-    return {"n": int(len(t)), "high_more": float(np.mean(h > lo)), "tie": float(np.mean(h == lo)),
-            "low_more": float(np.mean(h < lo)), "high_change": float(h.mean()), "low_change": float(lo.mean()),
+    return {"n": int(len(t)), "high_more": more / len(t), "tie": (len(t) - more - less) / len(t),
+            "low_more": less / len(t), "high_change": float(h.mean()), "low_change": float(lo.mean()),
             "p_value": float(binomtest(more, more + less).pvalue) if more + less else 1.0}

@@ -176,13 +176,16 @@ def _threads(n: int) -> str:
 COMMITTED = "organism/reasoner/checkpoint"  # the retrain commands' name for the committed checkpoint
 
 
+# What train() did before a phase's log recorded these keys: an older log's phase is read with them.
+LEGACY = dict(micro=2, stable=0.0, cut="even", compile=False, threads=1)
+
+
 def _command(ph: dict, init: str | None = None, out: str | None = None) -> str:
     """The training command of one phase: the flags where the phase differs
     from the command line's defaults (``RECIPE``). A key missing from an older
     log means the value train() had before it was recorded (LEGACY)."""
     from .train import RECIPE
 
-    LEGACY = dict(micro=2, stable=0.0, cut="even", compile=False, threads=1)
     val = lambda key: ph.get(key, LEGACY.get(key))
     cmd = "python -m organism.reasoner.train"
     for flag, key in (("--steps", "steps"), ("--seed", "seed"), ("--batch-tokens", "batch_tokens"), ("--lr", "lr"),
@@ -228,8 +231,8 @@ def write_card(model, tokenizer, table: dict, folder: Path, n: int, seed0: int, 
     running = ", ".join(f"{f} {v:.2f}" for f, v in log["running_exact"].items())
     final = phases[-1]
     cut = {"even": "of equal size", "least-padding": "cut where they leave the fewest padded slots"}
-    batching = (f"{final.get('micro', 2)} length-sorted micro-batches "
-                f"{cut[final.get('cut', 'even')]}")
+    batching = (f"{final.get('micro', LEGACY['micro'])} length-sorted micro-batches "
+                f"{cut[final.get('cut', LEGACY['cut'])]}")
     try:
         rel = folder.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
